@@ -1,0 +1,34 @@
+# Two commands for a fresh machine with Python 3.11: `make demo` (the main job) and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-all lint bench venv clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py fit --config configs/dpo.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" tests
+
+test-all: $(STAMP)
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench: $(STAMP)
+	$(PY) benchmarks/dpo_vs_trl.py
+
+clean:
+	rm -rf $(VENV) runs lightning_logs .cache

@@ -1,0 +1,316 @@
+"""PreferenceDataModule: (prompt, chosen, rejected) pairs for DPO, and later for Critic-RM.
+
+Input: JSONL / JSON / Parquet files or a Hugging Face dataset (saved folder or name) whose rows hold
+``prompt``, ``chosen`` and ``rejected`` as strings or as chat messages (``[{"role", "content"}, ...]``, TRL's
+conversational format); other fields are carried through in ``batch["extras"]``.
+
+Tokenisation: with a chat template, the prompt is rendered with ``add_generation_prompt=True`` and each full
+conversation is rendered once; the response is the text after the prompt, tokenised without special tokens,
+so BOS appears once (from the template), EOS once (the template's end of turn), and the prompt/response
+boundary is exact. Without a template: ``BOS + prompt`` then ``response + EOS``.
+
+Checks (before any training): malformed JSON, a missing or empty field, chosen identical to rejected
+(dropped, counted, warned), a prompt over ``max_prompt_length`` (truncated or dropped per
+``prompt_overflow``, counted and logged), responses cut to fit ``max_length`` (counted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from datamodules.io import DataError
+from datamodules.records import Record, read_records
+from lightning_modules.packing import TokenizedPair, collate_pairs
+
+log = logging.getLogger(__name__)
+Messages = list[dict[str, str]]
+
+
+def _messages(value: Any, role: str, field: str, where: str) -> Messages:
+    """A field as a list of chat messages; a string becomes one message of ``role``."""
+    if isinstance(value, str):
+        return [{"role": role, "content": value}]
+    if isinstance(value, list) and value and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    ):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise DataError(f"{where}: field {field!r} must be a string or a non-empty list of {{'role', 'content'}} messages")
+
+
+def _text(messages: Messages) -> str:
+    return "".join(m["content"] for m in messages)
+
+
+class PairTokenizer:
+    """Turns a validated (prompt, chosen, rejected) triple into token ids with an exact boundary."""
+
+    def __init__(self, tokenizer: Any, use_chat_template: bool | None = None, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else use_chat_template
+        if self.chat and not getattr(tokenizer, "chat_template", None):
+            raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+        self.system_prompt = system_prompt
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tok(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, prompt: Messages) -> list[int]:
+        if self.chat:
+            return self._ids(self._render(prompt, generation_prompt=True))
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        return bos + self._ids(_text(prompt))
+
+    def response_ids(self, prompt: Messages, response: Messages, where: str) -> list[int]:
+        if not self.chat:
+            eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+            return self._ids(_text(response)) + eos
+        prompt_text = self._render(prompt, generation_prompt=True)
+        full = self._render(prompt + response, generation_prompt=False)
+        if not full.startswith(prompt_text):
+            raise DataError(f"{where}: the chat template renders the prompt differently inside the conversation")
+        return self._ids(full[len(prompt_text):])
+
+    def _render(self, messages: Messages, generation_prompt: bool) -> str:
+        if self.system_prompt and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
+        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+class PairDataset(Dataset):
+    def __init__(self, pairs: list[TokenizedPair], extras: list[dict[str, Any]]) -> None:
+        self.pairs, self.extras = pairs, extras
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> tuple[TokenizedPair, dict[str, Any]]:
+        return self.pairs[i], self.extras[i]
+
+
+def collate(items: Sequence[tuple[TokenizedPair, dict]], pad_id: int, packed: bool, multiple: int) -> dict:
+    batch = collate_pairs([p for p, _ in items], pad_id=pad_id, packed=packed, pad_to_multiple_of=multiple)
+    batch["extras"] = [e for _, e in items]
+    return batch
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Preference pairs for DPO-style objectives.
+
+    Args:
+        train_files, val_files, test_files, predict_files: JSONL / JSON / Parquet files (a path or a list).
+            With no train source at all, a synthetic dataset with a planted preference is generated
+            (``datamodules/synthetic.py``): ``synthetic_size`` pairs, an eighth of that for validation.
+        hf_dataset: a Hugging Face dataset (``save_to_disk`` folder or hub name) read beside the files;
+            ``hf_train_split`` / ``hf_val_split`` name its splits.
+        tokenizer: model name whose tokenizer to use; None takes the LightningModule's.
+        max_length: cap on prompt + response tokens of each sequence.
+        max_prompt_length: cap on prompt tokens; ``prompt_overflow`` says what happens beyond it.
+        prompt_truncation_side: keep the end (``left`` truncation, the default) or the start of long prompts.
+        pack_shared_prefix: one row per pair holding the prompt (and any common response start) once.
+        use_chat_template: None = use it when the tokenizer has one.
+    """
+
+    def __init__(
+        self,
+        train_files: list[str] | str | None = None,
+        val_files: list[str] | str | None = None,
+        test_files: list[str] | str | None = None,
+        predict_files: list[str] | str | None = None,
+        hf_dataset: str | None = None,
+        hf_train_split: str = "train",
+        hf_val_split: str | None = None,
+        tokenizer: str | None = None,
+        max_length: int = 512,
+        max_prompt_length: int = 256,
+        prompt_overflow: Literal["truncate", "drop", "error"] = "truncate",
+        prompt_truncation_side: Literal["left", "right"] = "left",
+        pack_shared_prefix: bool = True,
+        use_chat_template: bool | None = None,
+        system_prompt: str | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pad_to_multiple_of: int = 1,
+        shuffle: bool = True,
+        seed: int = 0,
+        synthetic_size: int = 512,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if max_prompt_length >= max_length:
+            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+        self.datasets: dict[str, PairDataset] = {}
+        self.stats: dict[str, Counter] = {}
+        self._tokenizer = None
+        self._fingerprints: dict[str, str] = {}
+
+    # ------------------------------------------------------------------------------------------- sources
+    def _sources(self) -> dict[str, list[Record]]:
+        h = self.hparams
+        sources: dict[str, list[Record]] = {}
+        if h.train_files is None and h.hf_dataset is None:
+            from datamodules.synthetic import make_pairs
+
+            sources["train"] = [(r, f"synthetic:{i}") for i, r in enumerate(make_pairs(h.synthetic_size, h.seed))]
+            n_val = max(8, h.synthetic_size // 8)
+            sources["val"] = [(r, f"synthetic-val:{i}") for i, r in enumerate(make_pairs(n_val, h.seed + 1))]
+        else:
+            sources["train"] = read_records(h.train_files, h.hf_dataset, h.hf_train_split)
+        for split, files, hf_split in (
+            ("val", h.val_files, h.hf_val_split), ("test", h.test_files, None), ("predict", h.predict_files, None),
+        ):
+            if files is not None or (hf_split is not None and h.hf_dataset is not None):
+                sources[split] = read_records(files, h.hf_dataset if hf_split else None, hf_split or "train")
+        return sources
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from lightning_modules.backbones import load_tokenizer
+
+            name = self.hparams.tokenizer
+            if name is None:
+                module = self.trainer.lightning_module if self.trainer is not None else None
+                if module is None or not hasattr(module, "tokenizer_name"):
+                    raise ValueError("PreferenceDataModule needs `tokenizer` (or a module that names one)")
+                name = module.tokenizer_name
+            self._tokenizer = load_tokenizer(name)
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        pt = PairTokenizer(self.tokenizer, self.hparams.use_chat_template, self.hparams.system_prompt)
+        for split, records in self._sources().items():
+            self.datasets[split], self.stats[split] = self._build(records, pt, split)
+        if len(self.datasets["train"]) == 0:
+            raise DataError("no usable training pairs left after validation (see the warnings above)")
+
+    def _build(self, records: list[Record], pt: PairTokenizer, split: str) -> tuple[PairDataset, Counter]:
+        h = self.hparams
+        stats: Counter = Counter()
+        pairs: list[TokenizedPair] = []
+        extras: list[dict[str, Any]] = []
+        for row, where in records:
+            for field in ("prompt", "chosen", "rejected"):
+                if row.get(field) is None:
+                    raise DataError(f"{where}: missing field {field!r} (expected prompt, chosen and rejected)")
+            prompt = _messages(row["prompt"], "user", "prompt", where)
+            chosen = _messages(row["chosen"], "assistant", "chosen", where)
+            rejected = _messages(row["rejected"], "assistant", "rejected", where)
+            for field, msgs in (("chosen", chosen), ("rejected", rejected)):
+                if not _text(msgs).strip():
+                    raise DataError(f"{where}: field {field!r} is an empty response")
+            if not _text(prompt).strip():
+                raise DataError(f"{where}: field 'prompt' is empty")
+            if chosen == rejected:
+                stats["identical"] += 1
+                continue
+            p_ids = pt.prompt_ids(prompt)
+            if len(p_ids) > h.max_prompt_length:
+                if h.prompt_overflow == "error":
+                    raise DataError(f"{where}: prompt has {len(p_ids)} tokens, over max_prompt_length={h.max_prompt_length}")
+                if h.prompt_overflow == "drop":
+                    stats["prompt_too_long_dropped"] += 1
+                    continue
+                stats["prompt_truncated"] += 1
+                k = h.max_prompt_length
+                p_ids = p_ids[-k:] if h.prompt_truncation_side == "left" else p_ids[:k]
+            budget = h.max_length - len(p_ids)
+            c_ids = pt.response_ids(prompt, chosen, where)
+            r_ids = pt.response_ids(prompt, rejected, where)
+            if len(c_ids) > budget or len(r_ids) > budget:
+                stats["response_truncated"] += 1
+                c_ids, r_ids = c_ids[:budget], r_ids[:budget]
+                if c_ids == r_ids:
+                    stats["identical_after_truncation"] += 1
+                    continue
+            pairs.append(TokenizedPair(p_ids, c_ids, r_ids, index=len(pairs)))
+            extras.append({k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected")})
+        stats["kept"] = len(pairs)
+        self._report(split, stats)
+        return PairDataset(pairs, extras), stats
+
+    @staticmethod
+    def _report(split: str, stats: Counter) -> None:
+        notes = {
+            "identical": "pairs with chosen identical to rejected were dropped",
+            "prompt_too_long_dropped": "pairs with a prompt over max_prompt_length were dropped",
+            "prompt_truncated": "prompts over max_prompt_length were truncated",
+            "response_truncated": "pairs had responses cut to fit max_length",
+            "identical_after_truncation": "pairs became identical after truncation and were dropped",
+        }
+        for key, text in notes.items():
+            if stats[key]:
+                rank_zero_warn(f"{split}: {stats[key]} {text}")
+        log.info("%s: %d pairs kept", split, stats["kept"])
+
+    # --------------------------------------------------------------------------------------- dataloaders
+    def _loader(self, split: str, shuffle: bool, batch_size: int, sampler: Any = None) -> DataLoader:
+        fn = partial(collate, pad_id=self.tokenizer.pad_token_id, packed=self.hparams.pack_shared_prefix,
+                     multiple=self.hparams.pad_to_multiple_of)
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle if sampler is None else None,
+                          sampler=sampler, collate_fn=fn, num_workers=self.hparams.num_workers,
+                          persistent_workers=self.hparams.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        # A seeded DistributedSampler (even on one process) makes each epoch's order a function of (seed, epoch),
+        # so a run resumed at an epoch boundary sees the same batches; Lightning keeps it and calls set_epoch.
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+        sampler = DistributedSampler(self.datasets["train"], num_replicas=world, rank=rank,
+                                     shuffle=self.hparams.shuffle, seed=self.hparams.seed)
+        return self._loader("train", False, self.hparams.batch_size, sampler)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return self._loader(split, False, self.hparams.eval_batch_size or self.hparams.batch_size)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val") if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._require("predict"))
+
+    def _require(self, split: str) -> str:
+        if split == "predict" and split not in self.datasets and "val" in self.datasets:
+            return "val"
+        if split not in self.datasets:
+            raise DataError(f"no {split} data: set {split}_files")
+        return split
+
+    # ------------------------------------------------------------------------------ for reference caching
+    def has_split(self, split: str) -> bool:
+        return split in self.datasets or (split == "predict" and "val" in self.datasets)
+
+    def split_size(self, split: str) -> int:
+        return len(self.datasets[self._require(split)])
+
+    def reference_dataloader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Unshuffled batches of this rank's share of ``split`` (rows rank, rank + world, ...)."""
+        ds = self.datasets[self._require(split)]
+        sub = torch.utils.data.Subset(ds, list(range(rank, len(ds), world_size)))
+        fn = partial(collate, pad_id=self.tokenizer.pad_token_id, packed=self.hparams.pack_shared_prefix,
+                     multiple=self.hparams.pad_to_multiple_of)
+        return DataLoader(sub, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, collate_fn=fn)
+
+    def fingerprint(self, split: str) -> str:
+        """sha256 of the split's token ids: the data half of the reference-cache key."""
+        split = self._require(split)
+        if split not in self._fingerprints:
+            h = hashlib.sha256()
+            for p in self.datasets[split].pairs:
+                h.update(repr((p.prompt, p.chosen, p.rejected)).encode())
+            self._fingerprints[split] = h.hexdigest()[:16]
+        return self._fingerprints[split]

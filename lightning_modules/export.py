@@ -1,0 +1,56 @@
+"""Export a trained policy as a Hugging Face folder (safetensors) that ``from_pretrained`` loads.
+
+    python -m lightning_modules.export --ckpt runs/dpo/checkpoints/last.ckpt --out exported/
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import tempfile
+from pathlib import Path
+
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from lightning_modules.backbones import is_peft
+
+
+def export_causal_lm(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase | None, out_dir: str | Path, merge_lora: bool = True
+) -> Path:
+    """Save ``model`` (LoRA merged into a copy, or the adapter alone) and tokenizer; atomic: temp folder, rename."""
+    out = Path(out_dir)
+    if is_peft(model) and merge_lora:
+        model = copy.deepcopy(model).merge_and_unload()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Export a DPO checkpoint's policy as a Hugging Face folder.")
+    parser.add_argument("--ckpt", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--no-merge", action="store_true", help="save the LoRA adapter alone")
+    args = parser.parse_args()
+    from lightning_modules.dpo import DPO
+
+    module = DPO.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
+    path = module.export_pretrained(args.out, merge_lora=not args.no_merge)
+    print(f"exported {args.ckpt} -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""Where DPO's reference log-probs come from: three ways, one interface.
+
+- ``copy``: a frozen copy of the initial policy (or ``reference_backbone``) kept in memory. It is held as a
+  plain attribute, not a registered submodule, so it is never written into checkpoints.
+- ``adapter``: with a LoRA policy the reference is the same network with the adapter disabled: no extra memory.
+- ``precomputed``: before training, the reference log-probs of every pair are computed once (each rank a
+  shard), cached on disk as safetensors keyed by the data and model fingerprints, and the reference model is
+  dropped: none sits in memory while training. A later run with the same data and weights reads the cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lightning_modules.backbones import model_fingerprint
+
+if TYPE_CHECKING:
+    from lightning_modules.dpo import DPO
+
+log = logging.getLogger(__name__)
+ReferenceMode = Literal["auto", "copy", "adapter", "precomputed"]
+
+
+class Reference:
+    def __init__(
+        self,
+        mode: ReferenceMode,
+        lora: bool,
+        build: Callable[[], nn.Module],
+        name: str,
+        cache_dir: str,
+        initial_policy: nn.Module | None,
+    ) -> None:
+        if mode == "auto":
+            mode = "adapter" if lora else "copy"
+        if mode == "adapter" and not lora:
+            raise ValueError("reference='adapter' needs a LoRA policy (set lora_r > 0)")
+        self.mode = mode
+        self.lora = lora
+        self.build = build
+        self.name = name
+        self.cache_dir = Path(cache_dir)
+        self.cache: dict[str, Tensor] = {}  # split -> (N, 2) chosen / rejected log-probs
+        self.model: nn.Module | None = None
+        if mode == "copy":
+            self.model = copy.deepcopy(initial_policy) if initial_policy is not None else build()
+            _freeze(self.model)
+        elif mode == "precomputed":
+            base = initial_policy if initial_policy is not None else build()
+            # Fingerprint the untrained weights now: after a resume the policy holds trained ones.
+            self.fingerprint = model_fingerprint(base, name)
+
+    # --------------------------------------------------------------------------------------------- lookup
+    @torch.no_grad()
+    def logps(self, module: DPO, batch: dict[str, Any], split: str) -> tuple[Tensor, Tensor]:
+        """Reference (chosen, rejected) summed log-probs, (B,) each."""
+        if self.mode == "precomputed":
+            if split not in self.cache:
+                raise RuntimeError(f"reference log-probs for split {split!r} were not precomputed")
+            vals = self.cache[split][batch["index"].cpu()].to(module.device)  # (B, 2)
+            return vals[:, 0], vals[:, 1]
+        if self.mode == "adapter":
+            with module.policy.disable_adapter():
+                out = module.sequence_logps(module.policy, batch)
+        else:
+            assert self.model is not None
+            if _device(self.model) != module.device:
+                self.model.to(module.device)
+            out = module.sequence_logps(self.model, batch)
+        return out["chosen"].detach(), out["rejected"].detach()
+
+    # ---------------------------------------------------------------------------------------- precompute
+    def prepare(self, module: DPO, splits: Iterable[str]) -> None:
+        """Fill the cache for ``splits`` (precomputed mode only): read from disk or compute once."""
+        if self.mode != "precomputed":
+            return
+        dm = module.trainer.datamodule
+        for split in splits:
+            if split in self.cache or not dm.has_split(split):
+                continue
+            key = hashlib.sha256(f"{dm.fingerprint(split)}:{self.fingerprint}".encode()).hexdigest()[:24]
+            path = self.cache_dir / f"{split}-{key}.safetensors"
+            if path.exists():
+                self.cache[split] = load_file(path)["logps"]
+                log.info("reference log-probs for %s read from %s", split, path)
+                continue
+            self.cache[split] = self._compute(module, dm, split)
+            if module.trainer.is_global_zero:
+                _atomic_save({"logps": self.cache[split]}, path)
+                log.info("reference log-probs for %s cached in %s", split, path)
+            module.trainer.strategy.barrier("reference-cache")
+
+    def _compute(self, module: DPO, dm: Any, split: str) -> Tensor:
+        rank, world = module.global_rank, module.trainer.world_size
+        fresh = module.trainer.global_step == 0 and module.trainer.ckpt_path is None
+        if self.lora:
+            net, ctx = module.policy, module.policy.disable_adapter()
+        elif fresh:
+            net, ctx = module.policy, nullcontext()  # untrained: the policy is the reference
+        else:
+            net, ctx = self.build(), nullcontext()
+            net.to(module.device)
+            if model_fingerprint(net, self.name) != self.fingerprint:
+                raise RuntimeError("the rebuilt reference model differs from the initial policy: cannot precompute")
+        was_training = net.training
+        net.eval()
+        n = dm.split_size(split)
+        result = torch.zeros(n, 2)
+        with torch.no_grad(), ctx:
+            for batch in dm.reference_dataloader(split, rank=rank, world_size=world):
+                batch = module.transfer_batch_to_device(batch, module.device, 0)
+                out = module.sequence_logps(net, batch)
+                result[batch["index"].cpu()] = torch.stack([out["chosen"], out["rejected"]], -1).float().cpu()
+        net.train(was_training)
+        if world > 1 and dist.is_available() and dist.is_initialized():
+            parts: list[Any] = [None] * world
+            dist.all_gather_object(parts, result)
+            result = torch.stack(parts).sum(0)  # each row was filled by exactly one rank
+        return result
+
+
+def _freeze(model: nn.Module) -> None:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _atomic_save(tensors: dict[str, Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)

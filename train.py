@@ -1,0 +1,55 @@
+"""The suite's one entry point: LightningCLI over every LightningModule and DataModule.
+
+    python train.py fit --config configs/dpo.yaml
+    python train.py fit --config configs/dpo.yaml --config configs/trainer/ddp.yaml
+    python train.py fit --model DPO --data PreferenceDataModule --model.loss_type ipo
+    python train.py validate --config configs/dpo.yaml --ckpt_path runs/dpo/checkpoints/last.ckpt
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+import callbacks  # noqa: F401  (registers the suite's callbacks for --trainer.callbacks short names)
+import datamodules  # noqa: F401  (registers every DataModule for --data NAME)
+import lightning_modules  # noqa: F401  (registers every LightningModule for --model NAME)
+from datamodules.io import DataError
+
+
+class SuiteCLI(LightningCLI):
+    """LightningCLI with the suite's defaults: any module and datamodule by short name or config."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+
+def _has_omegaconf() -> bool:
+    return False
+
+
+def main(args: list[str] | None = None) -> SuiteCLI:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return SuiteCLI(args=args)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()
