@@ -18,6 +18,7 @@ import callbacks  # noqa: F401  (registers the suite's callbacks for --trainer.c
 import datamodules  # noqa: F401  (registers every DataModule for --data NAME)
 import lightning_modules  # noqa: F401  (registers every LightningModule for --model NAME)
 from datamodules.io import DataError
+from lightning_modules.backbones import UnknownModelError
 
 
 class SuiteCLI(LightningCLI):
@@ -31,23 +32,36 @@ class SuiteCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
-            parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
             args=args,
             run=run,
             **kwargs,
         )
 
 
-def _has_omegaconf() -> bool:
-    return False
+# Errors in the user's input: reported in one line with exit status 2, without a traceback.
+USER_ERRORS = (DataError, UnknownModelError)
 
 
-def main(args: list[str] | None = None) -> SuiteCLI:
+def _user_error(exc: BaseException | None) -> BaseException | None:
+    """The first user error in ``exc``'s chain (jsonargparse wraps errors raised while instantiating)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, USER_ERRORS):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def main(args: list[str] | None = None, run: bool = True) -> SuiteCLI:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return SuiteCLI(args=args)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
+        return SuiteCLI(args=args, run=run)
+    except Exception as e:
+        user = _user_error(e)
+        if user is None:
+            raise
+        print(f"error: {user}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

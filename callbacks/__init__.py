@@ -1,0 +1,12 @@
+"""Callbacks shared by every objective; importing this package lets LightningCLI take them by short name.
+
+    python train.py fit --config configs/dpo.yaml --trainer.callbacks+=TokenThroughput \\
+        --trainer.callbacks+=SampleGenerations --trainer.callbacks.every_n_steps=20 \\
+        --trainer.callbacks+=NonFiniteGuard
+"""
+
+from callbacks.generations import SampleGenerations
+from callbacks.nan_guard import NonFiniteError, NonFiniteGuard
+from callbacks.throughput import TokenThroughput
+
+__all__ = ["NonFiniteError", "NonFiniteGuard", "SampleGenerations", "TokenThroughput"]

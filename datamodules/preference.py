@@ -26,9 +26,10 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from datamodules.io import DataError
+from datamodules.loaders import resumable_train_loader
 from datamodules.records import Record, read_records
 from lightning_modules.packing import TokenizedPair, collate_pairs
 
@@ -219,7 +220,9 @@ class PreferenceDataModule(LightningDataModule):
             p_ids = pt.prompt_ids(prompt)
             if len(p_ids) > h.max_prompt_length:
                 if h.prompt_overflow == "error":
-                    raise DataError(f"{where}: prompt has {len(p_ids)} tokens, over max_prompt_length={h.max_prompt_length}")
+                    raise DataError(
+                        f"{where}: prompt has {len(p_ids)} tokens, over max_prompt_length={h.max_prompt_length}"
+                    )
                 if h.prompt_overflow == "drop":
                     stats["prompt_too_long_dropped"] += 1
                     continue
@@ -256,23 +259,20 @@ class PreferenceDataModule(LightningDataModule):
         log.info("%s: %d pairs kept", split, stats["kept"])
 
     # --------------------------------------------------------------------------------------- dataloaders
-    def _loader(self, split: str, shuffle: bool, batch_size: int, sampler: Any = None) -> DataLoader:
-        fn = partial(collate, pad_id=self.tokenizer.pad_token_id, packed=self.hparams.pack_shared_prefix,
-                     multiple=self.hparams.pad_to_multiple_of)
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle if sampler is None else None,
-                          sampler=sampler, collate_fn=fn, num_workers=self.hparams.num_workers,
-                          persistent_workers=self.hparams.num_workers > 0)
+    def _collate(self) -> partial:
+        return partial(collate, pad_id=self.tokenizer.pad_token_id, packed=self.hparams.pack_shared_prefix,
+                       multiple=self.hparams.pad_to_multiple_of)
 
     def train_dataloader(self) -> DataLoader:
-        # A seeded DistributedSampler (even on one process) makes each epoch's order a function of (seed, epoch),
-        # so a run resumed at an epoch boundary sees the same batches; Lightning keeps it and calls set_epoch.
-        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
-        sampler = DistributedSampler(self.datasets["train"], num_replicas=world, rank=rank,
-                                     shuffle=self.hparams.shuffle, seed=self.hparams.seed)
-        return self._loader("train", False, self.hparams.batch_size, sampler)
+        h = self.hparams
+        return resumable_train_loader(self, self.datasets["train"], shuffle=h.shuffle, seed=h.seed,
+                                      batch_size=h.batch_size, collate_fn=self._collate(), num_workers=h.num_workers,
+                                      persistent_workers=h.num_workers > 0)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return self._loader(split, False, self.hparams.eval_batch_size or self.hparams.batch_size)
+        h = self.hparams
+        return DataLoader(self.datasets[split], batch_size=h.eval_batch_size or h.batch_size,
+                          collate_fn=self._collate(), num_workers=h.num_workers)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._eval_loader("val") if "val" in self.datasets else []
@@ -301,9 +301,8 @@ class PreferenceDataModule(LightningDataModule):
         """Unshuffled batches of this rank's share of ``split`` (rows rank, rank + world, ...)."""
         ds = self.datasets[self._require(split)]
         sub = torch.utils.data.Subset(ds, list(range(rank, len(ds), world_size)))
-        fn = partial(collate, pad_id=self.tokenizer.pad_token_id, packed=self.hparams.pack_shared_prefix,
-                     multiple=self.hparams.pad_to_multiple_of)
-        return DataLoader(sub, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size, collate_fn=fn)
+        return DataLoader(sub, batch_size=self.hparams.eval_batch_size or self.hparams.batch_size,
+                          collate_fn=self._collate())
 
     def fingerprint(self, split: str) -> str:
         """sha256 of the split's token ids: the data half of the reference-cache key."""

@@ -11,10 +11,10 @@
 from __future__ import annotations
 
 import copy
-from contextlib import nullcontext
 import hashlib
 import logging
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 

@@ -1,0 +1,61 @@
+"""A training DataLoader that resumes mid-epoch exactly, shared by the suite's datamodules.
+
+Each epoch's order is a function of (seed, epoch) through a seeded :class:`DistributedSampler` (used on one
+process too; Lightning keeps it and calls ``set_epoch``). The loader implements ``state_dict`` /
+``load_state_dict``, which Lightning saves in checkpoints: it records how many batches of the current epoch
+the training loop has processed, and on resume the sampler skips exactly those, so a resumed run sees the
+same batches in the same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class ResumableSampler(DistributedSampler):
+    """:class:`DistributedSampler` that can skip the first ``n`` indices of one given epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
+
+    def skip_next(self, epoch: int, n: int) -> None:
+        self._skip = (epoch, n)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._skip is not None:
+            epoch, n = self._skip
+            self._skip = None
+            if epoch == self.epoch:
+                indices = indices[n:]
+        return iter(indices)
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a :class:`ResumableSampler`; ``progress()`` returns the batches processed this epoch."""
+
+    def __init__(self, dataset: Dataset, sampler: ResumableSampler, progress: Callable[[], int], **kwargs: Any):
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.sampler.epoch, "batches": int(self._progress())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.skip_next(state["epoch"], state["batches"] * self.batch_size)
+
+
+def resumable_train_loader(datamodule: Any, dataset: Dataset, shuffle: bool, seed: int, **kwargs: Any) -> DataLoader:
+    """The training loader of ``datamodule`` (a LightningDataModule attached to a trainer, or not)."""
+    trainer = datamodule.trainer
+    world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+    sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+
+    def progress() -> int:
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
+
+    return ResumableDataLoader(dataset, sampler, progress, **kwargs)
