@@ -23,8 +23,11 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
+
+from callbacks.throughput import not_timed
 
 
 class SampleGenerations(Callback):
@@ -78,7 +81,7 @@ class SampleGenerations(Callback):
     # ------------------------------------------------------------------------------------------------ hooks
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Resolve the prompts now, so a missing tokenizer or dataset fails before training, not at step N."""
-        tok = self._tokenizer(trainer, pl_module)
+        tok = self._resolve_tokenizer(trainer, pl_module)
         if self.prompts is not None:
             self._inputs = [(p, self._encode(tok, p)) for p in self.prompts]
         else:
@@ -101,16 +104,16 @@ class SampleGenerations(Callback):
         """Complete every prompt with the current weights; write and log the samples (rank 0). Returns them."""
         step = trainer.global_step
         self._last_step = step
-        strategy = type(trainer.strategy).__name__
-        if "FSDP" in strategy or "ModelParallel" in strategy:
+        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
             if not self._skip_warned:
-                rank_zero_warn(f"SampleGenerations: generation under {strategy} is not supported; skipped")
+                name = type(trainer.strategy).__name__
+                rank_zero_warn(f"SampleGenerations: generation under {name} is not supported; skipped")
                 self._skip_warned = True
             return []
-        synced = "DeepSpeed" in strategy and trainer.world_size > 1
+        synced = isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.world_size > 1
         if not (synced or trainer.is_global_zero):
             return []
-        tok = self._tokenizer(trainer, pl_module)
+        tok = self._resolve_tokenizer(trainer, pl_module)
         policy: nn.Module = pl_module.policy
         samples = []
         modes = {m: m.training for m in policy.modules()}
@@ -118,7 +121,7 @@ class SampleGenerations(Callback):
         device = pl_module.device
         fork = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         try:
-            with fork if self.temperature > 0 else nullcontext(), torch.no_grad():
+            with not_timed(trainer), fork if self.temperature > 0 else nullcontext(), torch.no_grad():
                 if self.temperature > 0:
                     torch.manual_seed(self.seed + step)
                 for text, ids in self._inputs:
@@ -177,7 +180,8 @@ class SampleGenerations(Callback):
 
     # ------------------------------------------------------------------------------------------------ prompts
     @staticmethod
-    def _tokenizer(trainer: Trainer, pl_module: LightningModule) -> Any:
+    def _resolve_tokenizer(trainer: Trainer, pl_module: LightningModule) -> Any:
+        """The module's tokenizer (or the datamodule's); also checks that the module has a ``policy`` to sample."""
         tok = getattr(pl_module, "tokenizer", None)
         if tok is None and trainer.datamodule is not None:
             tok = getattr(trainer.datamodule, "tokenizer", None)

@@ -93,12 +93,15 @@ class NonFiniteGuard(Callback):
             self._stop(trainer, pl_module, what or "a gradient is non-finite on another rank")
 
     # ---------------------------------------------------------------------------------------------- helpers
-    def checkpoint_path(self, trainer: Trainer) -> Path:
-        """``<dirpath>/<filename>``, ``dirpath`` resolved as described in the class docstring."""
+    def checkpoint_path(self, trainer: Trainer) -> str:
+        """``<dirpath>/<filename>``, ``dirpath`` resolved as described in the class docstring.
+
+        Joined as a string so remote folders (``s3://...``, as ModelCheckpoint allows) keep their scheme.
+        """
         dirpath = self.dirpath or getattr(trainer.checkpoint_callback, "dirpath", None)
         if dirpath is None:
-            dirpath = Path(trainer.default_root_dir) / "checkpoints"
-        return Path(dirpath) / self.filename
+            dirpath = str(Path(trainer.default_root_dir) / "checkpoints")
+        return f"{str(dirpath).rstrip('/')}/{self.filename}"
 
     def _stop(self, trainer: Trainer, pl_module: LightningModule, what: str) -> None:
         step, epoch = trainer.global_step, trainer.current_epoch

@@ -10,19 +10,36 @@ global tokens are the sum over ranks, the step time the slowest rank's. ``throug
 global tokens over the summed step times of the last ``window`` steps (the first ``warmup_steps`` steps, which
 pay for compilation, allocator warm-up and caches, are left out); ``throughput/tokens_total`` counts every
 token trained on, warm-up included, and survives a resume (it is part of the callback's checkpoint state).
+
+Work that other callbacks do inside the training-batch hooks (sampling generations, evaluations) would land in
+the measured span, whatever the callbacks' order; they wrap it in :func:`not_timed` and it is left out.
 """
 
 from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+
+_EXCLUDED: WeakKeyDictionary[Trainer, float] = WeakKeyDictionary()  # seconds spent in not_timed(), per trainer
+
+
+@contextmanager
+def not_timed(trainer: Trainer) -> Iterator[None]:
+    """Leave the enclosed work (inside a training-batch hook of another callback) out of :class:`TokenThroughput`."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        _EXCLUDED[trainer] = _EXCLUDED.get(trainer, 0.0) + time.perf_counter() - t0
 
 
 def count_tokens(batch: Any) -> int:
@@ -80,6 +97,7 @@ class TokenThroughput(Callback):
         self._step_tokens = 0  # this rank, since the last optimizer step
         self._step_seconds = 0.0
         self._t0: float | None = None
+        self._excluded0 = 0.0
         self._last_global_step = 0
         self._last_logged_step = -1
         self._warned = False
@@ -95,6 +113,7 @@ class TokenThroughput(Callback):
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self._sync(trainer)
+        self._excluded0 = _EXCLUDED.get(trainer, 0.0)
         self._t0 = time.perf_counter()
 
     def on_train_batch_end(
@@ -102,7 +121,8 @@ class TokenThroughput(Callback):
     ) -> None:
         self._sync(trainer)
         if self._t0 is not None:
-            self._step_seconds += time.perf_counter() - self._t0
+            excluded = _EXCLUDED.get(trainer, 0.0) - self._excluded0
+            self._step_seconds += max(time.perf_counter() - self._t0 - excluded, 0.0)
             self._t0 = None
         n = count_tokens(batch)
         if n < 0:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +20,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from callbacks import NonFiniteError, NonFiniteGuard, SampleGenerations, TokenThroughput
-from callbacks.throughput import count_tokens
+from callbacks.throughput import count_tokens, not_timed
 from datamodules import PreferenceDataModule
 from datamodules.synthetic import make_pairs
 from lightning_modules import DPO
@@ -47,7 +48,7 @@ def _metric_rows(trainer: Trainer, key: str) -> list[tuple[int, float]]:
 
 
 class BatchRecorder(Callback):
-    """Records each training batch's num_tokens and the global step after it."""
+    """Records each training batch's num_tokens."""
 
     def __init__(self) -> None:
         self.tokens: list[int] = []
@@ -59,8 +60,8 @@ class BatchRecorder(Callback):
 # ------------------------------------------------------------------------------------------------ throughput
 def test_throughput_logs_rate_and_exact_token_total(tmp_path: Path) -> None:
     rec = BatchRecorder()
-    cb = TokenThroughput(log_every_n_steps=2, warmup_steps=1)
-    trainer = _trainer(tmp_path, [rec, cb], max_steps=5)
+    cb = TokenThroughput(warmup_steps=1)  # log_every_n_steps: the trainer's
+    trainer = _trainer(tmp_path, [rec, cb], max_steps=5, log_every_n_steps=2)
     trainer.fit(DPO(backbone="tiny-llama"), _data())
 
     assert len(rec.tokens) == 5 and all(n > 0 for n in rec.tokens)
@@ -70,9 +71,8 @@ def test_throughput_logs_rate_and_exact_token_total(tmp_path: Path) -> None:
     assert cb.tokens_total == sum(rec.tokens)
     rates = _metric_rows(trainer, "throughput/tokens_per_sec")
     assert len(rates) == 3 and all(r > 0 and math.isfinite(r) for _, r in rates)
-    # Rows line up with Lightning's own step numbering (train/loss at the same step values).
-    loss_steps = {s for s, _ in _metric_rows(trainer, "train/loss")}
-    assert {s for s, _ in totals[:2]} <= loss_steps | {1, 3}
+    # Rows line up with Lightning's own step numbering: train/loss is logged at the same step values.
+    assert [s for s, _ in totals[:2]] == [s for s, _ in _metric_rows(trainer, "train/loss")] == [1, 3]
 
 
 def test_throughput_expected_total_from_dataloader(tmp_path: Path) -> None:
@@ -98,24 +98,26 @@ class _Clock:
         return self.t
 
 
-def _fake_trainer(world: int = 1) -> SimpleNamespace:
-    def all_gather(t: torch.Tensor) -> torch.Tensor:  # every rank reports the same numbers
-        return torch.stack([t] * world) if world > 1 else t
+class _FakeTrainer:
+    """The attributes of a Trainer that TokenThroughput reads (hashable, like a Trainer)."""
 
-    logged: list[tuple[int, dict[str, float]]] = []
-    logger = SimpleNamespace(log_metrics=lambda m, step: logged.append((step, dict(m))))
-    return SimpleNamespace(
-        strategy=SimpleNamespace(root_device=torch.device("cpu"), all_gather=all_gather), global_step=0,
-        log_every_n_steps=50, loggers=[logger], world_size=world, logged=logged,
-        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0)),
-    )
+    def __init__(self, world: int = 1) -> None:
+        self.logged: list[tuple[int, dict[str, float]]] = []
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"), all_gather=self._all_gather)
+        self.loggers = [SimpleNamespace(log_metrics=lambda m, step: self.logged.append((step, dict(m))))]
+        self.global_step, self.log_every_n_steps, self.world_size = 0, 50, world
+        self.fit_loop = SimpleNamespace(epoch_loop=SimpleNamespace(_batches_that_stepped=0))
+
+    def _all_gather(self, t: torch.Tensor) -> torch.Tensor:  # every rank reports the same numbers
+        return torch.stack([t] * self.world_size) if self.world_size > 1 else t
 
 
 def test_throughput_window_warmup_and_accumulation(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hand-made timings: warm-up steps are left out, the window keeps the last N steps, ranks are summed."""
+    """Hand-made timings: warm-up steps are left out, the window keeps the last N steps, ranks are summed, and
+    time spent in ``not_timed`` is not counted."""
     clock = _Clock()
     monkeypatch.setattr("callbacks.throughput.time.perf_counter", clock)
-    trainer = _fake_trainer(world=2)
+    trainer = _FakeTrainer(world=2)
     cb = TokenThroughput(window=2, warmup_steps=1, log_every_n_steps=1)
     cb.on_train_start(trainer, None)
     # (tokens, seconds) per batch; two micro-batches per optimizer step (gradient accumulation).
@@ -124,6 +126,8 @@ def test_throughput_window_warmup_and_accumulation(monkeypatch: pytest.MonkeyPat
         for k, (tokens, seconds) in enumerate(micro):
             cb.on_train_batch_start(trainer, None, {}, 0)
             clock.t += seconds
+            with not_timed(trainer):  # another callback's work inside the batch hooks: left out
+                clock.t += 100.0
             if k == len(micro) - 1:
                 trainer.global_step += 1
             cb.on_train_batch_end(trainer, None, None, {"num_tokens": torch.tensor(tokens)}, 0)
@@ -257,3 +261,74 @@ def test_guard_is_quiet_on_finite_training(tmp_path: Path) -> None:
     trainer.fit(DPO(backbone="tiny-llama"), _data())
     assert trainer.global_step == 2
     assert not (tmp_path / "checkpoints" / "last-good.ckpt").exists()
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_short_names_and_nonfinite_error(tmp_path: Path) -> None:
+    """train.py takes the callbacks by short name; a diverging run ends in NonFiniteError (non-zero exit)."""
+    from train import main
+
+    args = [
+        "fit", "--model", "DPO", "--data", "PreferenceDataModule", "--data.synthetic_size", "64",
+        "--data.max_length", "96", "--data.max_prompt_length", "48", "--model.lr", "1e30",
+        "--trainer.accelerator", "cpu", "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
+        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.callbacks+=TokenThroughput", "--trainer.callbacks.log_every_n_steps=1",
+        "--trainer.callbacks+=NonFiniteGuard", "--trainer.logger=CSVLogger", f"--trainer.logger.save_dir={tmp_path}",
+    ]
+    with pytest.raises(NonFiniteError, match="training loss is (nan|inf) at global step 1") as err:
+        main(args)
+    ckpt = Path(str(err.value).rsplit(" ", 1)[-1])
+    assert ckpt.name == "last-good.ckpt" and ckpt.is_file()
+    header = (ckpt.parent.parent / "metrics.csv").read_text().splitlines()[0]
+    assert "throughput/tokens_total" in header.split(",")
+
+
+# -------------------------------------------------------------------------------------------- two processes
+class NaNOnRank0AtStep2(DPO):
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_rank == 0 and self.global_step == 2 else loss
+
+
+class ReportingGuard(NonFiniteGuard):
+    """A NonFiniteGuard whose rank writes the error it raised, its batches' tokens and the token total to
+    ``<out>/rank<r>.json`` (the launcher's child processes run no ``on_exception`` hooks)."""
+
+    def __init__(self, out: Path, throughput: TokenThroughput) -> None:
+        super().__init__()
+        self.out, self.throughput, self.tokens = out, throughput, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens.append(int(batch["num_tokens"]))
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        try:
+            super().on_before_backward(trainer, pl_module, loss)
+        except NonFiniteError as e:
+            report = {"tokens": self.tokens, "message": str(e), "tokens_total": self.throughput.tokens_total}
+            (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
+            if trainer.global_rank == 0:  # the launcher ends the other ranks once one has failed: let them report
+                time.sleep(2.0)
+            raise
+
+
+def test_two_ranks_stop_together_and_tokens_are_summed(tmp_path: Path) -> None:
+    """NaN on rank 0 only: both ranks raise (no deadlock), and the token total counts both ranks' batches."""
+    from datetime import timedelta
+
+    from lightning.pytorch.strategies import DDPStrategy
+
+    thr = TokenThroughput(log_every_n_steps=1)
+    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
+    trainer = _trainer(tmp_path, [thr, ReportingGuard(tmp_path, thr)], max_steps=6, devices=2,
+                       strategy=strategy, logger=False)
+    with pytest.raises(Exception, match="NonFiniteError"):
+        trainer.fit(NaNOnRank0AtStep2(backbone="tiny-llama"), _data())
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert "training loss is nan at global step 2" in reports[0]["message"]
+    assert "non-finite on another rank at global step 2" in reports[1]["message"]
+    # Steps 0 and 1 completed on both ranks (the third batch of each rank never finished).
+    assert all(len(r["tokens"]) == 2 for r in reports)
+    assert reports[0]["tokens_total"] == reports[1]["tokens_total"] == sum(sum(r["tokens"]) for r in reports)
+    assert (tmp_path / "checkpoints" / "last-good.ckpt").is_file()
