@@ -228,7 +228,12 @@ class PreferenceDataModule(LightningDataModule):
                     continue
                 stats["prompt_truncated"] += 1
                 k = h.max_prompt_length
-                p_ids = p_ids[-k:] if h.prompt_truncation_side == "left" else p_ids[:k]
+                if h.prompt_truncation_side == "right":
+                    p_ids = p_ids[:k]
+                elif p_ids[0] == self.tokenizer.bos_token_id:
+                    p_ids = p_ids[:1] + p_ids[-(k - 1):]  # keep BOS, then the end of the prompt
+                else:
+                    p_ids = p_ids[-k:]
             budget = h.max_length - len(p_ids)
             c_ids = pt.response_ids(prompt, chosen, where)
             r_ids = pt.response_ids(prompt, rejected, where)

@@ -26,7 +26,7 @@ from lightning_modules.backbones import (
 from lightning_modules.losses.dpo import LossType, dpo_loss
 from lightning_modules.losses.logprobs import masked_sum, token_logps
 from lightning_modules.optim import OptimSpec, configure_adamw
-from lightning_modules.packing import flex_block_mask, packed_attention_mask
+from lightning_modules.packing import additive_mask, flex_block_mask, packed_attention_mask
 from lightning_modules.reference import Reference, ReferenceMode
 
 METRICS = (
@@ -117,6 +117,8 @@ class DPO(LightningModule):
         seg = batch["segment_ids"]  # (R, T)
         if batch["packed"]:
             mask = flex_block_mask(seg) if self.hparams.attention == "flex_attention" else packed_attention_mask(seg)
+            if self.hparams.attention == "eager":
+                mask = additive_mask(mask, next(net.parameters()).dtype)
         else:
             mask = (seg != 0).long()  # (R, T): plain causal attention with padding
         inner = net.get_base_model() if is_peft(net) else net

@@ -141,6 +141,11 @@ def packed_attention_mask(segment_ids: Tensor) -> Tensor:
     return mask[:, None]  # (R, 1, T, T)
 
 
+def additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """A boolean mask as the additive form eager attention expects: 0 where allowed, the dtype's minimum elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
 def flex_block_mask(segment_ids: Tensor):  # pragma: no cover - exercised on GPU
     """The same mask as :func:`packed_attention_mask`, as a FlexAttention BlockMask (sparse, no (T, T) tensor)."""
     from torch.nn.attention.flex_attention import create_block_mask

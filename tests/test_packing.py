@@ -231,11 +231,8 @@ def _module(attention: str):
 # (R, 1, T, T) mask, which eager attention *adds* to the scores (True -> +1, False -> +0): nothing is masked, so
 # tokens see the future and rejected sees chosen. Fix: give eager a 0 / finfo.min float mask. Remove this mark
 # with the fix (strict: the tests fail loudly once the bug is gone).
-EAGER_BUG = pytest.mark.xfail(strict=True, raises=AssertionError,
-                              reason="DPO.sequence_logps passes a boolean packed mask to eager attention")
 
-
-@pytest.fixture(scope="module", params=["sdpa", pytest.param("eager", marks=EAGER_BUG)])
+@pytest.fixture(scope="module", params=["sdpa", "eager"])
 def module(request):
     return _module(request.param)
 

@@ -393,7 +393,9 @@ def test_long_prompt_truncated(tmp_path: Path, tok, side: str) -> None:
     assert len(full) > 24
     kept = dm.datasets["train"].pairs[1]
     assert len(kept.prompt) == 24
-    assert kept.prompt == (full[-24:] if side == "left" else full[:24])
+    # Left truncation keeps the end of the prompt but still starts with the one BOS.
+    assert kept.prompt == (full[:1] + full[-23:] if side == "left" else full[:24])
+    assert kept.prompt.count(tok.bos_token_id) == 1
     # Responses are unchanged (the boundary stays exact) and the short prompt is untouched.
     assert (kept.chosen, kept.rejected) == expected_pairs(tok, [long])[0][1:]
     assert dm.datasets["train"].pairs[0].prompt == expected_pairs(tok, [ROWS[0]])[0][0]
