@@ -96,7 +96,7 @@ def _split(name: str) -> tuple[str, str]:
         return "hf", name[3:]
     if name.startswith("timm:"):
         return "timm", name[5:]
-    if Path(name).is_dir():
+    if name.strip() and Path(name).is_dir():
         return "hf", name
     if "/" in name and not name.startswith((".", "/")) and os.environ.get("HF_HUB_OFFLINE") != "1":
         return "hf", name  # looks like a hub id: let from_pretrained try

@@ -295,3 +295,24 @@ def test_rejected_does_not_see_chosen(module) -> None:
         b = module.sequence_logps(module.policy, collate_pairs([other], pad_id=0, packed=True))
     torch.testing.assert_close(a["rejected"], b["rejected"], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(a["chosen"], b["chosen"])
+
+
+def test_flex_attention_block_mask_matches_sdpa() -> None:
+    """The FlexAttention path (a BlockMask from segment ids) gives the SDPA path's log-probs.
+
+    FlexAttention has no backward on CPU, so this checks the forward; training with it is for GPUs.
+    """
+    from lightning_modules import DPO
+    from lightning_modules.packing import TokenizedPair, collate_pairs
+
+    pairs = [TokenizedPair([1, 5, 6, 7, 8], [9, 10, 11, 2], [9, 12, 2], 0),
+             TokenizedPair([1, 5, 6], [20, 21, 2], [22, 23, 24, 25, 2], 1)]
+    sdpa = DPO(backbone="tiny-llama", attention="sdpa", reference="precomputed")
+    flex = DPO(backbone="tiny-llama", attention="flex_attention", reference="precomputed")
+    flex.policy.load_state_dict(sdpa.policy.state_dict())
+    batch = collate_pairs(pairs, pad_id=0, packed=True)
+    with torch.no_grad():
+        a = sdpa.sequence_logps(sdpa.policy, batch)
+        b = flex.sequence_logps(flex.policy, batch)
+    for side in ("chosen", "rejected"):
+        torch.testing.assert_close(a[side], b[side], atol=1e-5, rtol=0)
