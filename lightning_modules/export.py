@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import shutil
-import tempfile
 from pathlib import Path
 
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from datamodules.io import atomic_path
 from lightning_modules.backbones import is_peft
 
 
@@ -24,18 +23,10 @@ def export_causal_lm(
     out = Path(out_dir)
     if is_peft(model) and merge_lora:
         model = copy.deepcopy(model).merge_and_unload()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_path(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

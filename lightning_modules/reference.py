@@ -23,6 +23,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from datamodules.io import atomic_path
 from lightning_modules.backbones import model_fingerprint
 
 if TYPE_CHECKING:
@@ -97,7 +98,8 @@ class Reference:
                 continue
             self.cache[split] = self._compute(module, dm, split)
             if module.trainer.is_global_zero:
-                _atomic_save({"logps": self.cache[split]}, path)
+                with atomic_path(path) as tmp:
+                    save_file({"logps": self.cache[split].contiguous()}, str(tmp))
                 log.info("reference log-probs for %s cached in %s", split, path)
             module.trainer.strategy.barrier("reference-cache")
 
@@ -138,10 +140,3 @@ def _freeze(model: nn.Module) -> None:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-def _atomic_save(tensors: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-    tmp.replace(path)

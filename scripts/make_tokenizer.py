@@ -2,7 +2,8 @@
 
 The corpus is text that every CPython install carries (the standard library's docstrings) plus the
 phrases of the suite's synthetic datasets, so the script needs no network. Run it once; the result is
-committed, so the tiny presets never depend on this script at run time::
+committed and canonical (the stdlib's docstrings differ between Python versions, so a rerun may number the
+merges differently), and the tiny presets never depend on this script at run time::
 
     python scripts/make_tokenizer.py --vocab-size 4096
 """
@@ -13,16 +14,18 @@ import argparse
 import importlib
 import inspect
 import pkgutil
-import shutil
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
-OUT = Path(__file__).resolve().parents[1] / "lightning_modules" / "assets" / "tiny_tokenizer"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from datamodules.io import atomic_path  # noqa: E402
+
+OUT = ROOT / "lightning_modules" / "assets" / "tiny_tokenizer"
 
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|eot|>", "<|pad|>", "<|unk|>"
 HEADER_START, HEADER_END, END_OF_TEXT = "<|start_header|>", "<|end_header|>", "<|end_of_text|>"
@@ -61,7 +64,6 @@ def stdlib_corpus() -> list[str]:
 
 
 def synthetic_corpus() -> list[str]:
-    sys.path.insert(0, str(OUT.parents[2]))
     from datamodules.synthetic import corpus_lines
 
     return corpus_lines()
@@ -98,12 +100,8 @@ def main() -> None:
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "right"
     # Write beside, then swap in, so an interrupted run never leaves half a tokenizer.
-    tmp = Path(tempfile.mkdtemp(dir=args.out.parent if args.out.parent.exists() else None))
-    fast.save_pretrained(tmp)
-    if args.out.exists():
-        shutil.rmtree(args.out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(args.out)
+    with atomic_path(args.out) as tmp:
+        fast.save_pretrained(tmp)
     print(f"wrote {args.out} (vocab {len(fast)}, {len(corpus)} training texts)")
 
 
