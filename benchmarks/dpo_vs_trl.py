@@ -12,7 +12,7 @@ What is compared
     shared.
 
     - ours: ``lightning_modules.dpo.DPO(reference="copy")``, batches from ``collate_pairs(..., packed=True)``
-      (one row per pair, prompt once) and, for information, ``packed=False`` (two rows per pair). A plain loop
+      (one row per pair, prompt once) and, with ``--unpacked``, ``packed=False`` (two rows per pair). A plain loop
       times ``module._step`` (policy + reference forward) + backward + ``AdamW.step`` (no Trainer), so only the
       step itself is measured; batches are collated beforehand.
     - TRL: ``trl.DPOTrainer`` with ``DPOConfig`` (no eval, no logging, no saving, fp32 on CPU, gradient
@@ -23,22 +23,27 @@ What is compared
       ``on_step_begin`` -> ``on_step_end`` (forward, backward, optimizer step).
 
     Warm-up steps are discarded. tokens/s counts prompt + response tokens of both sequences of every pair, as if
-    unpacked: ``batch * (2 * prompt + 2 * response)`` per step (4096 with the defaults), for both sides, over
-    the summed wall time of the timed steps. Each side runs in its own spawned process so memory peaks do not
-    mix: on CPU the peak RSS (``ru_maxrss``) and its increase over the RSS measured after imports (weights,
-    reference copy, optimizer state, activations); on a GPU ``torch.cuda.max_memory_allocated``. At step 0 the
-    policy equals the reference, so both losses must be ln 2 = 0.6931, and the first-step policy log-probs
-    (``logps/chosen`` / ``logps/rejected``, batch means of the summed response log-probs) must agree.
+    unpacked: ``batch * (2 * prompt + 2 * response)`` per step (4096 with the defaults), for both sides, divided
+    by the median wall time of the timed steps (every step has the same shapes, and the median shrugs off bursts
+    of load from other programs; the mean-based figure is printed beside it). Each side runs in its own spawned
+    process so memory peaks do not mix: on CPU the peak RSS (``ru_maxrss``) and its increase over the RSS
+    measured after imports (weights, reference copy, optimizer state, activations); on a GPU
+    ``torch.cuda.max_memory_allocated``. At step 0 the policy equals the reference, so both losses must be
+    ln 2 = 0.6931, and the first-step policy log-probs (``logps/chosen`` / ``logps/rejected``, batch means of the
+    summed response log-probs) must agree.
 
     By default the side processes run at the same time but take turns, one training step at a time (after all
     have built their models), so load from other programs on a shared machine falls on every side alike instead
     of on whichever side happened to run during it; ``--sequential`` runs them one after the other instead.
-    The table also gives the median step time and the process CPU seconds per step (all threads; with more
-    threads than free cores this includes OpenMP spin-waiting).
+    The table also gives the process CPU seconds per step (all threads; with more threads than free cores this
+    includes OpenMP spin-waiting), and the run reports how many cores other programs used meanwhile: on a
+    shared 2-core machine even one busy program slows torch's default 2 threads several-fold (OpenMP
+    barriers), the smaller operations of the packed layout more than TRL's, so rerun when it warns.
 
 How to run
-    python benchmarks/dpo_vs_trl.py                    # CPU defaults, about 3 minutes on 2 cores
-    python benchmarks/dpo_vs_trl.py --steps 10 --shared-response-frac 0.5 --threads 2
+    python benchmarks/dpo_vs_trl.py                    # CPU defaults: about 2 minutes on 2 idle cores
+    python benchmarks/dpo_vs_trl.py --unpacked --verbose  # + ours with packed=False, and every step's time
+    python benchmarks/dpo_vs_trl.py --steps 10 --shared-response-frac 0.5 --threads 1
     python benchmarks/dpo_vs_trl.py --device cuda --flex  # GPU: llama-1b-bench in bf16, FlexAttention for ours
 
 The last printed line is the tokens/s ratio, e.g. ``tokens/s ratio (ours/TRL): 2.31``.
@@ -50,6 +55,7 @@ import argparse
 import math
 import multiprocessing as mp
 import os
+import queue as queue_module
 import random
 import resource
 import statistics
@@ -82,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's default)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--flex", action="store_true", help="ours with attention='flex_attention' (CUDA only)")
-    p.add_argument("--no-unpacked", action="store_true", help="skip the informational packed=False run of ours")
+    p.add_argument("--unpacked", action="store_true", help="also time ours with packed=False (for information)")
+    p.add_argument("--verbose", action="store_true", help="print every timed step's wall / CPU seconds")
     p.add_argument("--sequential", action="store_true",
                    help="run the sides one after the other instead of taking turns step by step")
     p.add_argument("--preset", default=None,
@@ -131,6 +138,24 @@ def _rss_bytes() -> int:
 
 def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, from /proc/stat (zeros where unavailable)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, steal / hz
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds used by this process and its finished children."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _sync(device: str) -> None:
@@ -230,7 +255,8 @@ class StepClock:
 
     def summary(self, warmup: int) -> dict[str, Any]:
         wall, cpu = self.wall[warmup:], self.cpu[warmup:]
-        return {"seconds": sum(wall), "median_step": statistics.median(wall), "cpu_step": sum(cpu) / len(cpu)}
+        return {"seconds": sum(wall), "median_step": statistics.median(wall), "cpu_step": sum(cpu) / len(cpu),
+                "step_times": wall, "step_cpu": cpu}
 
 
 # ---------------------------------------------------------------------------------------------------- ours
@@ -304,10 +330,10 @@ def run_trl(cfg: dict[str, Any], clock: StepClock) -> dict[str, Any]:
 
         first: dict[str, Any] = {}
 
-        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):  # noqa: ANN001
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
             return dataset  # already the prompt_ids / chosen_ids / rejected_ids columns its tokeniser writes
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             if not self.first:
                 m = self._metrics["train"]
@@ -320,14 +346,14 @@ def run_trl(cfg: dict[str, Any], clock: StepClock) -> dict[str, Any]:
             return loss
 
     class StepTimer(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_train_begin(self, args, state, control, **kwargs):
             if clock.turns is not None:
                 clock.turns.ready()
 
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_begin(self, args, state, control, **kwargs):
             clock.begin()
 
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+        def on_step_end(self, args, state, control, **kwargs):
             clock.end()
 
     tok = load_tokenizer(cfg["preset"])
@@ -384,9 +410,20 @@ def run_sides(sides: list[str], cfg: dict[str, Any], interleave: bool) -> dict[s
     for group in groups:
         for p in group:
             p.start()
-        for _ in group:
-            side, result = queue.get()
+        pending = {sides[procs.index(p)]: p for p in group}
+        while pending:
+            try:
+                side, result = queue.get(timeout=5)
+            except queue_module.Empty:  # a side that died without reporting (killed, out of memory, ...)
+                for side, p in list(pending.items()):
+                    if not p.is_alive() and p.exitcode != 0:
+                        results[side] = {"error": f"process exited with code {p.exitcode} without a result"}
+                        if turns is not None:
+                            turns.abort(sides.index(side))
+                        del pending[side]
+                continue
             results[side] = result
+            pending.pop(side, None)
             if "error" not in result:
                 print(f"  finished {result['name']}: {result['seconds']:.1f} s for {cfg['steps']} timed steps",
                       flush=True)
@@ -421,8 +458,18 @@ def main(argv: list[str] | None = None) -> None:
           f"batch={args.batch_size} prompt={args.prompt_len} response={args.response_len} "
           f"shared_response={shared} steps={args.steps} warmup={args.warmup} tokens/step={per_step}", flush=True)
 
-    sides = ["packed", "trl"] + ([] if args.no_unpacked else ["unpacked"])
+    sides = ["packed", "trl"] + (["unpacked"] if args.unpacked else [])
+    busy0, steal0 = _machine_cpu_seconds()
+    own0, wall0 = _own_cpu_seconds(), time.perf_counter()
     results = run_sides(sides, cfg, interleave=not args.sequential)
+    busy1, steal1 = _machine_cpu_seconds()
+    wall = time.perf_counter() - wall0
+    others = max(0.0, (busy1 - busy0) - (_own_cpu_seconds() - own0)) / wall
+    stolen = (steal1 - steal0) / wall
+
+    def tps(r: dict[str, Any], mean: bool = False) -> float:
+        """tokens/s from the median step time (robust to bursts of outside load), or from the mean."""
+        return r["tokens"] / r["seconds"] if mean else per_step / r["median_step"]
 
     trl = results["trl"]
     if "seen_tokens" in trl:
@@ -432,10 +479,18 @@ def main(argv: list[str] | None = None) -> None:
         if trl["seen_tokens"] != per_step or trl["seen_completion"] != 2 * args.batch_size * args.response_len:
             print("WARNING: TRL saw a different number of tokens than intended")
 
+    if args.verbose:
+        for side in sides:
+            r = results[side]
+            steps = " ".join(f"{w:.2f}/{c:.2f}" for w, c in zip(r["step_times"], r["step_cpu"], strict=True))
+            print(f"{r['name']} wall/cpu s per step: {steps}")
+    print(f"outside load during the run: other programs used {others:.2f} of {os.cpu_count()} cores on average, "
+          f"hypervisor steal {stolen:.2f}" + (" -- timings are skewed; rerun on a quiet machine, or try --threads 1"
+                                              if others + stolen > 0.1 else ""))
     print("optimizers: " + "; ".join(f"{results[side]['name']}: {results[side]['optim']}" for side in sides))
     mem_label = "peak GPU GiB" if device == "cuda" else "peak RSS GiB"
     header = (f"{'side':<17}{'rows x len':>11}{'thr':>4}{'s/step':>8}{'median':>8}{'cpu s':>7}{'tokens/s':>10}"
-              f"{mem_label:>14}{'delta GiB':>11}{'loss@0':>8}{'logps/ch@0':>12}{'logps/rej@0':>13}")
+              f"{'(mean)':>8}{mem_label:>14}{'delta GiB':>11}{'loss@0':>8}{'logps/ch@0':>12}{'logps/rej@0':>13}")
     print()
     print(header)
     print("-" * len(header))
@@ -444,19 +499,15 @@ def main(argv: list[str] | None = None) -> None:
         rows = "x".join(str(x) for x in r["rows"])
         delta = "n/a" if math.isnan(r["mem_delta"]) else f"{r['mem_delta']:.2f}"
         print(f"{r['name']:<17}{rows:>11}{r['threads']:>4}{r['seconds'] / args.steps:>8.3f}{r['median_step']:>8.3f}"
-              f"{r['cpu_step']:>7.2f}{r['tokens'] / r['seconds']:>10.0f}{r['peak_mem']:>14.2f}{delta:>11}"
+              f"{r['cpu_step']:>7.2f}{tps(r):>10.0f}{tps(r, mean=True):>8.0f}{r['peak_mem']:>14.2f}{delta:>11}"
               f"{r['loss']:>8.4f}{r['logps_chosen']:>12.3f}{r['logps_rejected']:>13.3f}")
     print()
 
     ours = results["packed"]
-    def tps(r: dict[str, Any]) -> float:
-        return r["tokens"] / r["seconds"]
-
     if "unpacked" in results:
         u = results["unpacked"]
         print(f"(info) tokens/s ratio ours unpacked/TRL: {tps(u) / tps(trl):.2f}; "
               f"ours packed/unpacked: {tps(ours) / tps(u):.2f}")
-    print(f"(info) ratio of median step times (TRL/ours): {trl['median_step'] / ours['median_step']:.2f}")
     dl = abs(ours["loss"] - trl["loss"])
     dc = abs(ours["logps_chosen"] - trl["logps_chosen"])
     dr = abs(ours["logps_rejected"] - trl["logps_rejected"])
@@ -467,6 +518,7 @@ def main(argv: list[str] | None = None) -> None:
     if device == "cpu":
         print(f"peak RSS delta ratio (ours/TRL): {ours['mem_delta'] / trl['mem_delta']:.2f}")
     print(f"peak memory ratio (ours/TRL): {ours['peak_mem'] / trl['peak_mem']:.2f}")
+    print(f"(info) tokens/s ratio from mean step times (ours/TRL): {tps(ours, mean=True) / tps(trl, mean=True):.2f}")
     print(f"tokens/s ratio (ours/TRL): {tps(ours) / tps(trl):.2f}")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
@@ -114,13 +115,7 @@ class DPO(LightningModule):
 
     def sequence_logps(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Summed response log-probs of chosen and rejected, (B,) each, plus token counts and chosen NLL."""
-        seg = batch["segment_ids"]  # (R, T)
-        if batch["packed"]:
-            mask = flex_block_mask(seg) if self.hparams.attention == "flex_attention" else packed_attention_mask(seg)
-            if self.hparams.attention == "eager":
-                mask = additive_mask(mask, next(net.parameters()).dtype)
-        else:
-            mask = (seg != 0).long()  # (R, T): plain causal attention with padding
+        mask = self._attention_mask(batch, next(net.parameters()).dtype)
         inner = net.get_base_model() if is_peft(net) else net
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         hidden = decoder(
@@ -137,6 +132,23 @@ class DPO(LightningModule):
             if side == "chosen":
                 out["chosen_nll"] = -(tok * m).sum() / m.sum().clamp(min=1)
         return out
+
+    def _attention_mask(self, batch: dict[str, Any], dtype: torch.dtype) -> Any:
+        """The mask for ``batch``'s layout, built once per batch and shared by the policy and reference passes."""
+        key = f"_attention_mask/{self.hparams.attention}/{dtype}"
+        if key in batch:
+            return batch[key]
+        seg = batch["segment_ids"]  # (R, T)
+        if not batch["packed"]:
+            mask = (seg != 0).long()  # (R, T): plain causal attention with padding
+        elif self.hparams.attention == "flex_attention":
+            mask = flex_block_mask(seg)  # sparse BlockMask, no (T, T) tensor
+        else:
+            mask = packed_attention_mask(seg)  # (R, 1, T, T) bool
+            if self.hparams.attention == "eager":
+                mask = additive_mask(mask, dtype)
+        batch[key] = mask
+        return mask
 
     def _step(self, batch: dict[str, Any], split: str) -> tuple[Tensor, dict[str, Tensor]]:
         pol = self.sequence_logps(self.policy, batch)
