@@ -17,7 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 import callbacks  # noqa: F401  (registers the suite's callbacks for --trainer.callbacks short names)
 import datamodules  # noqa: F401  (registers every DataModule for --data NAME)
 import lightning_modules  # noqa: F401  (registers every LightningModule for --model NAME)
-from datamodules.io import DataError
+from datamodules.io import ConfigError, DataError
 from lightning_modules.backbones import UnknownModelError
 
 
@@ -39,7 +39,7 @@ class SuiteCLI(LightningCLI):
 
 
 # Errors in the user's input: reported in one line with exit status 2, without a traceback.
-USER_ERRORS = (DataError, UnknownModelError)
+USER_ERRORS = (DataError, ConfigError, UnknownModelError)
 
 
 def _user_error(exc: BaseException | None) -> BaseException | None:

@@ -14,6 +14,10 @@ class DataError(ValueError):
     """Bad input data. The message names the file and line (or field) and what was expected."""
 
 
+class ConfigError(ValueError):
+    """An invalid combination of settings, caught before anything is built or trained."""
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write a file or folder into; on success it replaces ``path``.

@@ -28,7 +28,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.io import DataError
+from datamodules.io import ConfigError, DataError
 from datamodules.loaders import resumable_train_loader
 from datamodules.records import Record, read_records
 from lightning_modules.packing import TokenizedPair, collate_pairs
@@ -59,7 +59,7 @@ class PairTokenizer:
         self.tok = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None)) if use_chat_template is None else use_chat_template
         if self.chat and not getattr(tokenizer, "chat_template", None):
-            raise ValueError("use_chat_template=True but the tokenizer has no chat template")
+            raise ConfigError("use_chat_template=True but the tokenizer has no chat template")
         self.system_prompt = system_prompt
 
     def _ids(self, text: str) -> list[int]:
@@ -112,7 +112,7 @@ class PreferenceDataModule(LightningDataModule):
             With no train source at all, a synthetic dataset with a planted preference is generated
             (``datamodules/synthetic.py``): ``synthetic_size`` pairs, an eighth of that for validation.
         hf_dataset: a Hugging Face dataset (``save_to_disk`` folder or hub name) read beside the files;
-            ``hf_train_split`` / ``hf_val_split`` name its splits.
+            ``hf_train_split`` / ``hf_val_split`` / ``hf_test_split`` name its splits.
         tokenizer: model name whose tokenizer to use; None takes the LightningModule's.
         max_length: cap on prompt + response tokens of each sequence.
         max_prompt_length: cap on prompt tokens; ``prompt_overflow`` says what happens beyond it.
@@ -130,6 +130,7 @@ class PreferenceDataModule(LightningDataModule):
         hf_dataset: str | None = None,
         hf_train_split: str = "train",
         hf_val_split: str | None = None,
+        hf_test_split: str | None = None,
         tokenizer: str | None = None,
         max_length: int = 512,
         max_prompt_length: int = 256,
@@ -149,7 +150,9 @@ class PreferenceDataModule(LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         if max_prompt_length >= max_length:
-            raise ValueError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+            raise ConfigError(f"max_prompt_length ({max_prompt_length}) must be below max_length ({max_length})")
+        if max_prompt_length < 2:
+            raise ConfigError(f"max_prompt_length must be at least 2, got {max_prompt_length}")
         self.datasets: dict[str, PairDataset] = {}
         self.stats: dict[str, Counter] = {}
         self._tokenizer = None
@@ -168,7 +171,8 @@ class PreferenceDataModule(LightningDataModule):
         else:
             sources["train"] = read_records(h.train_files, h.hf_dataset, h.hf_train_split)
         for split, files, hf_split in (
-            ("val", h.val_files, h.hf_val_split), ("test", h.test_files, None), ("predict", h.predict_files, None),
+            ("val", h.val_files, h.hf_val_split), ("test", h.test_files, h.hf_test_split),
+            ("predict", h.predict_files, None),
         ):
             if files is not None or (hf_split is not None and h.hf_dataset is not None):
                 sources[split] = read_records(files, h.hf_dataset if hf_split else None, hf_split or "train")
@@ -176,16 +180,17 @@ class PreferenceDataModule(LightningDataModule):
 
     @property
     def tokenizer(self) -> Any:
+        """``tokenizer`` if named, else the LightningModule's own tokenizer (one copy, same settings)."""
         if self._tokenizer is None:
-            from lightning_modules.backbones import load_tokenizer
+            if self.hparams.tokenizer is not None:
+                from lightning_modules.backbones import load_tokenizer
 
-            name = self.hparams.tokenizer
-            if name is None:
+                self._tokenizer = load_tokenizer(self.hparams.tokenizer)
+            else:
                 module = self.trainer.lightning_module if self.trainer is not None else None
-                if module is None or not hasattr(module, "tokenizer_name"):
-                    raise ValueError("PreferenceDataModule needs `tokenizer` (or a module that names one)")
-                name = module.tokenizer_name
-            self._tokenizer = load_tokenizer(name)
+                if getattr(module, "tokenizer", None) is None:
+                    raise ConfigError("PreferenceDataModule needs `tokenizer` (or a LightningModule that has one)")
+                self._tokenizer = module.tokenizer
         return self._tokenizer
 
     def setup(self, stage: str | None = None) -> None:
@@ -231,7 +236,7 @@ class PreferenceDataModule(LightningDataModule):
                 if h.prompt_truncation_side == "right":
                     p_ids = p_ids[:k]
                 elif p_ids[0] == self.tokenizer.bos_token_id:
-                    p_ids = p_ids[:1] + p_ids[-(k - 1):]  # keep BOS, then the end of the prompt
+                    p_ids = p_ids[:1] + p_ids[len(p_ids) - (k - 1):]  # keep BOS, then the end of the prompt
                 else:
                     p_ids = p_ids[-k:]
             budget = h.max_length - len(p_ids)

@@ -4,8 +4,9 @@ A model name is one of:
 
 - a tiny preset (``tiny-llama``, ``tiny-llama-bench``, ``tiny-bert``): a small config with random weights
   and the tokenizer committed under ``lightning_modules/assets/tiny_tokenizer``; runs offline on a CPU;
-- ``hf:NAME_OR_PATH`` or a plain local folder / Hugging Face id: pretrained weights through
-  ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless asked for);
+- ``hf:NAME_OR_PATH``, an existing local folder, or an ``org/name`` hub id: pretrained weights through
+  ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless asked for). A hub id
+  without an organisation (``gpt2``) needs the ``hf:`` prefix, so a misspelt preset name is caught at once;
 - ``timm:NAME``: a timm vision model (``create_vision_backbone``).
 
 LoRA (PEFT) can be put on any Hugging Face backbone with :class:`LoraSpec`. No objective builds a
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -93,7 +96,10 @@ def _split(name: str) -> tuple[str, str]:
     if name in PRESETS:
         return "preset", name
     if name.startswith("hf:"):
-        return "hf", name[3:]
+        ref = name[3:]
+        if ref.startswith(("/", ".", "~")) and not Path(ref).expanduser().is_dir():
+            raise UnknownModelError(f"model {name!r}: no such local folder {ref!r}")
+        return "hf", ref
     if name.startswith("timm:"):
         return "timm", name[5:]
     if name.strip() and Path(name).is_dir():
@@ -117,7 +123,8 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     if source == "timm":
         raise UnknownModelError(f"{name!r} is a vision model: it has no tokenizer")
     path = str(TINY_TOKENIZER) if source == "preset" else ref
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    with _loading(name):
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -149,15 +156,15 @@ def build_causal_lm(
         if PRESETS[name][0] != "causal_lm":
             raise UnknownModelError(f"preset {name!r} is not a causal LM")
         config = _preset_config(name, load_tokenizer(name))
-        config._attn_implementation = attn_implementation
         with _seeded(seed):
             model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
         if torch_dtype not in (None, "auto"):
             model = model.to(torch_dtype)
     elif source == "hf":
-        model = AutoModelForCausalLM.from_pretrained(
-            ref, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
-        )
+        with _loading(name):
+            model = AutoModelForCausalLM.from_pretrained(
+                ref, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+            )
     else:
         raise UnknownModelError(f"{name!r} is a vision model, not a causal LM")
     return apply_lora(model, lora)
@@ -175,7 +182,8 @@ def build_encoder(
         with _seeded(seed):
             model = AutoModel.from_config(_preset_config(name, load_tokenizer(name)))
     elif source == "hf":
-        model = AutoModel.from_pretrained(ref, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+        with _loading(name):
+            model = AutoModel.from_pretrained(ref, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
     else:
         raise UnknownModelError(f"{name!r} is a vision model, not a text encoder")
     return apply_lora(model, lora)
@@ -219,6 +227,15 @@ def model_fingerprint(model: nn.Module, name: str) -> str:
         h.update(str(t.dtype).encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
+
+
+@contextmanager
+def _loading(name: str) -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` (no such id, offline, missing files) into one clear error."""
+    try:
+        yield
+    except OSError as e:
+        raise UnknownModelError(f"cannot load model {name!r}: {e}") from e
 
 
 class _seeded:

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from datamodules.io import ConfigError
 from lightning_modules.backbones import (
     Dtype,
     LoraSpec,
@@ -82,6 +83,10 @@ class DPO(LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if not 0.0 <= label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must lie in [0, 0.5), got {label_smoothing}")
+        if rpo_alpha < 0 or beta <= 0:
+            raise ConfigError(f"rpo_alpha must be >= 0 and beta > 0, got rpo_alpha={rpo_alpha}, beta={beta}")
         check_model_name(backbone)
         if reference_backbone is not None:
             check_model_name(reference_backbone)
@@ -106,6 +111,8 @@ class DPO(LightningModule):
             initial_policy=self.policy if reference_backbone is None else None,
         )
         self.policy = apply_lora(self.policy, lora)
+        # With LoRA, checkpoints hold the adapter only; the frozen base is rebuilt from `backbone` on load.
+        self.strict_loading = not lora.enabled
         self.val_metrics = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in (*METRICS, "loss")})
 
     # ----------------------------------------------------------------------------------------------- forward
@@ -206,6 +213,12 @@ class DPO(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only what trains: with LoRA the frozen base weights (the reference) stay out of checkpoints."""
+        if self.hparams.lora_r > 0:
+            frozen = {f"{n}" for n, p in self.named_parameters() if not p.requires_grad}
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     # ---------------------------------------------------------------------------------------------- export
     def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from datamodules.io import atomic_path
+from datamodules.io import ConfigError, atomic_path
 from lightning_modules.backbones import model_fingerprint
 
 if TYPE_CHECKING:
@@ -43,10 +43,13 @@ class Reference:
         cache_dir: str,
         initial_policy: nn.Module | None,
     ) -> None:
+        # The policy (with any LoRA adapter disabled) can serve as its own reference only when the reference is
+        # the policy's initial weights, i.e. no separate reference_backbone was named.
+        self.policy_is_reference = initial_policy is not None
         if mode == "auto":
-            mode = "adapter" if lora else "copy"
-        if mode == "adapter" and not lora:
-            raise ValueError("reference='adapter' needs a LoRA policy (set lora_r > 0)")
+            mode = "adapter" if lora and self.policy_is_reference else "copy"
+        if mode == "adapter" and not (lora and self.policy_is_reference):
+            raise ConfigError("reference='adapter' needs a LoRA policy (lora_r > 0) and no reference_backbone")
         self.mode = mode
         self.lora = lora
         self.build = build
@@ -90,10 +93,14 @@ class Reference:
         for split in splits:
             if split in self.cache or not dm.has_split(split):
                 continue
-            key = hashlib.sha256(f"{dm.fingerprint(split)}:{self.fingerprint}".encode()).hexdigest()[:24]
+            precision = module.trainer.precision
+            key = f"{dm.fingerprint(split)}:{self.fingerprint}:{precision}:{module.hparams.attention}"
+            key = hashlib.sha256(key.encode()).hexdigest()[:24]
             path = self.cache_dir / f"{split}-{key}.safetensors"
-            if path.exists():
-                self.cache[split] = load_file(path)["logps"]
+            strategy = module.trainer.strategy
+            if strategy.broadcast(path.exists(), src=0):  # rank 0 decides, so ranks never disagree
+                logps = load_file(path)["logps"] if module.trainer.is_global_zero else None
+                self.cache[split] = strategy.broadcast(logps, src=0)
                 log.info("reference log-probs for %s read from %s", split, path)
                 continue
             self.cache[split] = self._compute(module, dm, split)
@@ -105,21 +112,20 @@ class Reference:
 
     def _compute(self, module: DPO, dm: Any, split: str) -> Tensor:
         rank, world = module.global_rank, module.trainer.world_size
-        fresh = module.trainer.global_step == 0 and module.trainer.ckpt_path is None
-        if self.lora:
-            net, ctx = module.policy, module.policy.disable_adapter()
-        elif fresh:
-            net, ctx = module.policy, nullcontext()  # untrained: the policy is the reference
-        else:
+        if self.lora and self.policy_is_reference:
+            net, ctx = module.policy, module.policy.disable_adapter()  # the frozen base is the reference
+        elif self.policy_is_reference and model_fingerprint(module.policy, self.name) == self.fingerprint:
+            net, ctx = module.policy, nullcontext()  # still untrained: the policy is the reference
+        else:  # a trained (resumed or loaded) policy, or a separate reference_backbone: rebuild the reference
             net, ctx = self.build(), nullcontext()
             net.to(module.device)
             if model_fingerprint(net, self.name) != self.fingerprint:
-                raise RuntimeError("the rebuilt reference model differs from the initial policy: cannot precompute")
+                raise RuntimeError("the rebuilt reference model differs from the initial one: cannot precompute")
         was_training = net.training
         net.eval()
         n = dm.split_size(split)
         result = torch.zeros(n, 2)
-        with torch.no_grad(), ctx:
+        with torch.no_grad(), ctx, module.trainer.precision_plugin.forward_context():
             for batch in dm.reference_dataloader(split, rank=rank, world_size=world):
                 batch = module.transfer_batch_to_device(batch, module.device, 0)
                 out = module.sequence_logps(net, batch)

@@ -26,10 +26,6 @@ def lists(batch: dict, key: str) -> list:
     return batch[key].tolist()
 
 
-def test_segment_constants() -> None:
-    assert (PAD, SHARED, CHOSEN, REJECTED) == (0, 1, 2, 3)
-
-
 @pytest.mark.parametrize(
     ("a", "b", "n"),
     [([4, 5, 9], [4, 6, 9, 9], 1), ([1, 2], [1, 2, 3], 2), ([1], [2], 0), ([], [1], 0), ([3, 3], [3, 3], 2)],
@@ -227,11 +223,7 @@ def _module(attention: str):
     return module
 
 
-# Library bug (lightning_modules/dpo.py, sequence_logps): the packed path hands eager attention the boolean
-# (R, 1, T, T) mask, which eager attention *adds* to the scores (True -> +1, False -> +0): nothing is masked, so
-# tokens see the future and rejected sees chosen. Fix: give eager a 0 / finfo.min float mask. Remove this mark
-# with the fix (strict: the tests fail loudly once the bug is gone).
-
+# Eager attention adds its mask to the scores, so it gets the additive (0 / finfo.min) form of the same mask.
 @pytest.fixture(scope="module", params=["sdpa", "eager"])
 def module(request):
     return _module(request.param)

@@ -61,10 +61,12 @@ def test_fit_each_reference_mode(
     assert cli.model.reference.mode == mode
     assert metric(cli, "val/rewards/accuracies") >= min_accuracy
     assert metric(cli, "val/loss") < math.log(2) - min_gain
+    # Checkpoints hold what trains: the policy (with LoRA: the adapter alone; the frozen base is the reference).
     ckpt = next((tmp_path / "lightning_logs").rglob("*.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
-    assert not [k for k in state if "reference" in k]
-    assert all(k.startswith(("policy.", "val_metrics.")) for k in state)
+    trainable = {n for n, p in cli.model.named_parameters() if p.requires_grad}
+    assert {k for k in state if not k.startswith("val_metrics.")} == trainable
+    assert len(state) < len(cli.model.state_dict()) if mode == "adapter" else True
 
 
 def test_precomputed_reference_is_cached_and_exact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,6 +91,10 @@ def test_precomputed_reference_is_cached_and_exact(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(Reference, "_compute", no_compute)
     run(tmp_path, "--model.reference", "precomputed", "--trainer.max_steps", "1")
+    # Other weights (another init seed) or other data are a cache miss, never a stale hit.
+    for extra in (["--model.init_seed", "1"], ["--data.seed", "1"]):
+        with pytest.raises(AssertionError, match="recomputed"):
+            run(tmp_path, "--model.reference", "precomputed", "--trainer.max_steps", "1", *extra)
 
 
 def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
@@ -107,13 +113,25 @@ def test_ddp_two_processes_on_cpu(tmp_path: Path) -> None:
         one_file = next((tmp_path / "single" / "cache").glob(f"{split}-*.safetensors"))
         assert ddp_file.name == one_file.name  # same data and model fingerprints
         torch.testing.assert_close(load_file(ddp_file)["logps"], single.model.reference.cache[split])
-    metrics = next(tmp_path.rglob("metrics.csv")).read_text()
-    assert "rewards/accuracies" in metrics and "val/loss" in metrics
+    # Validation metrics are synchronised: rank 0 logged the whole val set's means, which a single process
+    # computes from the same weights (each rank saw only half of the pairs).
+    import csv
+
+    rows = list(csv.DictReader(next((tmp_path / "lightning_logs").rglob("metrics.csv")).open()))
+    logged = next(r for r in rows if r.get("val/rewards/margins"))
+    ckpt = next((tmp_path / "lightning_logs").rglob("*.ckpt"))
+    one = run(tmp_path / "one", "--model.reference", "precomputed", "--ckpt_path", str(ckpt), cmd="validate")
+    for name in ("val/rewards/margins", "val/rewards/accuracies", "val/logps/chosen"):
+        assert float(logged[name]) == pytest.approx(metric(one, name), rel=1e-5, abs=1e-6)
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
-    common = ["--trainer.max_steps", "12", "--trainer.limit_val_batches", "0", "--model.lr", "1e-2",
-              "--model.warmup_steps", "2", "--model.lr_schedule", "linear", "--trainer.logger", "false"]
+@pytest.mark.parametrize("reference", ["copy", "precomputed"])
+def test_resume_continues_bit_for_bit(tmp_path: Path, reference: str) -> None:
+    # With `precomputed`, each run has its own cache folder, so the resumed run must rebuild the reference from
+    # the backbone (its policy is already trained) and reproduce the same log-probs.
+    common = ["--model.reference", reference, "--trainer.max_steps", "12", "--trainer.limit_val_batches", "0",
+              "--model.lr", "1e-2", "--model.warmup_steps", "2", "--model.lr_schedule", "linear",
+              "--trainer.logger", "false"]
     full = run(tmp_path / "full", *common, "--trainer.enable_checkpointing", "false")
     run(tmp_path / "part", *common, "--trainer.callbacks+=ModelCheckpoint",
         "--trainer.callbacks.every_n_train_steps", "3", "--trainer.callbacks.save_top_k", "-1",
@@ -122,6 +140,8 @@ def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
         ckpt = next((tmp_path / "ck").glob(f"*step={step}.ckpt"))
         resumed = run(tmp_path / f"res{step}", *common, "--trainer.enable_checkpointing", "false",
                       "--ckpt_path", str(ckpt))
+        if reference == "precomputed":
+            torch.testing.assert_close(resumed.model.reference.cache["train"], full.model.reference.cache["train"])
         a, b = full.model.policy.state_dict(), resumed.model.policy.state_dict()
         for k in a:
             assert torch.equal(a[k], b[k]), f"{k} differs after resuming from step {step}"
@@ -210,4 +230,10 @@ def test_bad_input_stops_before_training(tmp_path: Path, capsys: pytest.CaptureF
         tmp_path, capsys, "--data.train_files", str(bad))
     assert "unknown model name 'tiny-lama'" in _cli_error(tmp_path, capsys, "--model.backbone", "tiny-lama")
     assert "bta" in _cli_error(tmp_path, capsys, "--model.bta", "0.2")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("model:\n  init_args:\n    bta: 0.2\n")
+    err = _cli_error(tmp_path, capsys, "--config", str(typo))
+    assert "bta" in err and "not accepted" in err
+    assert "label_smoothing must lie in [0, 0.5)" in _cli_error(tmp_path, capsys, "--model.label_smoothing", "0.7")
+    assert "no such local folder" in _cli_error(tmp_path, capsys, "--model.backbone", "hf:./no/such")
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing was trained or written

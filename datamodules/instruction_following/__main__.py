@@ -1,0 +1,66 @@
+"""Command line of the instruction-following data pipeline (Kim et al. 2025, NAACL; constraints from IFEval).
+
+Kim et al. 2025, "A Systematic Examination of Preference Learning through the Lens of Instruction-Following":
+synthesise prompts with verifiable constraints (IFEval's types, Zhou et al. 2023), then build preference pairs.
+
+::
+
+    python -m datamodules.instruction_following synth --n 48000 --seed 0 --out prompts.jsonl
+    python -m datamodules.instruction_following score --input prompts.jsonl --responses responses.jsonl
+
+Each command is a subparser that sets ``run`` (a function of the parsed arguments returning the exit status).
+``score`` hands its arguments unchanged to :func:`.scoring.main` (so ``score -h`` shows that command's help).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from datamodules.instruction_following import scoring, synth
+
+__all__ = ["build_parser", "main"]
+
+PROG = "python -m datamodules.instruction_following"
+
+#: Commands whose arguments are passed through, unparsed, to another module's ``main(argv)``.
+PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {"score": scoring.main}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per command."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Instruction-following preference data (Kim et al. 2025) with IFEval's verifiable constraints.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    synth.add_arguments(
+        commands.add_parser(
+            "synth",
+            help="synthesise unique prompts: base tasks plus conflict-free verifiable constraints",
+            description=synth.__doc__.split("\n\n", 1)[0] if synth.__doc__ else None,
+        )
+    )
+    commands.add_parser(
+        "score",
+        help="IFEval strict/loose accuracies of responses (arguments: see `score -h`)",
+        add_help=False,  # -h goes through to scoring.main
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default: ``sys.argv[1:]``) and run the command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PASSTHROUGH:
+        return PASSTHROUGH[args.command](rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
