@@ -47,17 +47,31 @@ def read_file(path: str | Path) -> Iterator[Record]:
         raise DataError(f"{path}: unsupported file type {suffix!r} (expected .jsonl, .json or .parquet)")
 
 
-def _read_jsonl(path: Path) -> Iterator[Record]:
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for each non-blank line of a JSONL file (``.gz`` too).
+
+    Raises :class:`DataError` naming ``path:line`` for malformed JSON or a line that is not an object.
+    """
+    path = Path(path)
     opener = __import__("gzip").open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    try:
+        handle = opener(path, "rt", encoding="utf-8")
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    with handle:
+        for lineno, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            yield _check_object(row, f"{path}:{lineno}")
+            yield lineno, _check_object(row, f"{path}:{lineno}")[0]
+
+
+def _read_jsonl(path: Path) -> Iterator[Record]:
+    for lineno, row in iter_jsonl(path):
+        yield row, f"{path}:{lineno}"
 
 
 def _check_object(row: Any, where: str) -> Record:

@@ -27,7 +27,6 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +42,7 @@ from datamodules.instruction_following.constraints import (
 )
 from datamodules.instruction_following.text import ResponseText
 from datamodules.io import DataError
+from datamodules.records import iter_jsonl
 
 __all__ = [
     "ConstraintLike",
@@ -276,25 +276,6 @@ class IFEvalInput:
         return f"{self.path}:{self.line}"
 
 
-def _json_lines(path: str | Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    """``(line number, object)`` for each non-blank line; :class:`DataError` for malformed JSON or non-objects."""
-    try:
-        handle = open(path, encoding="utf-8")
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror or err})") from err
-    with handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
-
-
 def _parse_input(path: str | Path, lineno: int, obj: dict[str, Any]) -> IFEvalInput:
     where = f"{path}:{lineno}"
     prompt = obj.get("prompt")
@@ -338,7 +319,7 @@ def _parse_input(path: str | Path, lineno: int, obj: dict[str, Any]) -> IFEvalIn
 
 def read_ifeval_inputs(path: str | Path) -> list[IFEvalInput]:
     """Read and validate IFEval's input JSONL (blank lines skipped); :class:`DataError` names ``path:line``."""
-    return [_parse_input(path, lineno, obj) for lineno, obj in _json_lines(path)]
+    return [_parse_input(path, lineno, obj) for lineno, obj in iter_jsonl(path)]
 
 
 def read_responses(path: str | Path) -> dict[str, str]:
@@ -348,7 +329,7 @@ def read_responses(path: str | Path) -> dict[str, str]:
     """
     out: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for lineno, obj in _json_lines(path):
+    for lineno, obj in iter_jsonl(path):
         for name in ("prompt", "response"):
             if not isinstance(obj.get(name), str):
                 raise DataError(f"{path}:{lineno}: field {name!r}: expected a string, got {obj.get(name)!r}")
