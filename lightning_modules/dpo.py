@@ -111,8 +111,6 @@ class DPO(LightningModule):
             initial_policy=self.policy if reference_backbone is None else None,
         )
         self.policy = apply_lora(self.policy, lora)
-        # With LoRA, checkpoints hold the adapter only; the frozen base is rebuilt from `backbone` on load.
-        self.strict_loading = not lora.enabled
         self.val_metrics = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in (*METRICS, "loss")})
 
     # ----------------------------------------------------------------------------------------------- forward
@@ -214,11 +212,21 @@ class DPO(LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
 
+    def _frozen_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if not p.requires_grad}
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only what trains: with LoRA the frozen base weights (the reference) stay out of checkpoints."""
         if self.hparams.lora_r > 0:
-            frozen = {f"{n}" for n, p in self.named_parameters() if not p.requires_grad}
+            frozen = self._frozen_names()
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """With LoRA, take the frozen base weights from the backbone this module was built from."""
+        if self.hparams.lora_r > 0:
+            own = self.state_dict()
+            for name in self._frozen_names():
+                checkpoint["state_dict"].setdefault(name, own[name])
 
     # ---------------------------------------------------------------------------------------------- export
     def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:
