@@ -28,6 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from callbacks.throughput import not_timed
+from datamodules.io import ConfigError
 
 
 class SampleGenerations(Callback):
@@ -57,15 +58,15 @@ class SampleGenerations(Callback):
         at_train_end: bool = True,
     ) -> None:
         if every_n_steps < 0:
-            raise ValueError(f"every_n_steps must be >= 0, got {every_n_steps}")
+            raise ConfigError(f"every_n_steps must be >= 0, got {every_n_steps}")
         if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+            raise ConfigError(f"temperature must be >= 0, got {temperature}")
         if prompts is not None and not prompts:
-            raise ValueError("prompts is an empty list; give at least one prompt or None for dataset prompts")
+            raise ConfigError("prompts is an empty list; give at least one prompt or None for dataset prompts")
         if num_prompts < 1:
-            raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
+            raise ConfigError(f"num_prompts must be >= 1, got {num_prompts}")
         self.every_n_steps = every_n_steps
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -186,9 +187,9 @@ class SampleGenerations(Callback):
         if tok is None and trainer.datamodule is not None:
             tok = getattr(trainer.datamodule, "tokenizer", None)
         if tok is None:
-            raise ValueError("SampleGenerations needs a tokenizer: `pl_module.tokenizer` (or the datamodule's)")
+            raise ConfigError("SampleGenerations needs a tokenizer: `pl_module.tokenizer` (or the datamodule's)")
         if not hasattr(pl_module, "policy"):
-            raise ValueError(f"SampleGenerations needs `pl_module.policy` (a generating LM); "
+            raise ConfigError(f"SampleGenerations needs `pl_module.policy` (a generating LM); "
                              f"{type(pl_module).__name__} has none")
         return tok
 
@@ -205,9 +206,9 @@ class SampleGenerations(Callback):
         datasets = getattr(trainer.datamodule, "datasets", None) or {}
         split = "val" if "val" in datasets else "train" if "train" in datasets else None
         if split is None:
-            raise ValueError("SampleGenerations: prompts=None takes prompts from `trainer.datamodule.datasets"
+            raise ConfigError("SampleGenerations: prompts=None takes prompts from `trainer.datamodule.datasets"
                              "['val']` (or 'train'), but the datamodule has none; pass prompts=[...]")
         pairs = datasets[split].pairs[: self.num_prompts]
         if not pairs:
-            raise ValueError(f"SampleGenerations: the {split!r} split is empty; pass prompts=[...]")
+            raise ConfigError(f"SampleGenerations: the {split!r} split is empty; pass prompts=[...]")
         return [list(p.prompt) for p in pairs]

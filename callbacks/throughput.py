@@ -29,6 +29,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from datamodules.io import ConfigError
+
 _EXCLUDED: WeakKeyDictionary[Trainer, float] = WeakKeyDictionary()  # seconds spent in not_timed(), per trainer
 
 
@@ -82,11 +84,11 @@ class TokenThroughput(Callback):
         sync_cuda: bool = True,
     ) -> None:
         if window < 1:
-            raise ValueError(f"window must be >= 1, got {window}")
+            raise ConfigError(f"window must be >= 1, got {window}")
         if warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+            raise ConfigError(f"warmup_steps must be >= 0, got {warmup_steps}")
         if log_every_n_steps is not None and log_every_n_steps < 1:
-            raise ValueError(f"log_every_n_steps must be >= 1 or None, got {log_every_n_steps}")
+            raise ConfigError(f"log_every_n_steps must be >= 1 or None, got {log_every_n_steps}")
         self.window = window
         self.warmup_steps = warmup_steps
         self.log_every_n_steps = log_every_n_steps
