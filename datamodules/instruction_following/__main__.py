@@ -7,6 +7,8 @@ synthesise prompts with verifiable constraints (IFEval's types, Zhou et al. 2023
 
     python -m datamodules.instruction_following synth --n 48000 --seed 0 --out prompts.jsonl
     python -m datamodules.instruction_following score --input prompts.jsonl --responses responses.jsonl
+    python -m datamodules.instruction_following rs --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama --n 4
+    python -m datamodules.instruction_following mcts --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama
 
 Each command is a subparser that sets ``run`` (a function of the parsed arguments returning the exit status).
 ``score`` hands its arguments unchanged to :func:`.scoring.main` (so ``score -h`` shows that command's help).
@@ -18,7 +20,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from datamodules.instruction_following import scoring, synth
+from datamodules.instruction_following import mcts, pairs, scoring, synth
 
 __all__ = ["build_parser", "main"]
 
@@ -40,6 +42,20 @@ def build_parser() -> argparse.ArgumentParser:
             "synth",
             help="synthesise unique prompts: base tasks plus conflict-free verifiable constraints",
             description=synth.__doc__.split("\n\n", 1)[0] if synth.__doc__ else None,
+        )
+    )
+    pairs.add_arguments(
+        commands.add_parser(
+            "rs",
+            help="rejection-sampling preference pairs: N samples per prompt, best vs a rule-picked lower one",
+            description=pairs.__doc__.split("\n\n", 1)[0] if pairs.__doc__ else None,
+        )
+    )
+    mcts.add_arguments(
+        commands.add_parser(
+            "mcts",
+            help="MCTS preference pairs: sibling segments that share a prefix and differ in value",
+            description=mcts.__doc__.split("\n\n", 1)[0] if mcts.__doc__ else None,
         )
     )
     commands.add_parser(
