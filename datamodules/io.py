@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -38,6 +40,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def parts_dir(out: str | Path) -> Path:
+    """Where a resumable pipeline keeps the finished parts of ``out`` until it assembles it: ``<out>.parts/``."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def jsonl_text(records: Iterable[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -308,8 +308,11 @@ class ReportingGuard(NonFiniteGuard):
         except NonFiniteError as e:
             report = {"tokens": self.tokens, "message": str(e), "tokens_total": self.throughput.tokens_total}
             (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(report))
-            if trainer.global_rank == 0:  # the launcher ends the other ranks once one has failed: let them report
-                time.sleep(2.0)
+            if trainer.global_rank == 0:  # the launcher ends the other ranks once one fails: wait for their reports
+                deadline = time.monotonic() + 60
+                others = [self.out / f"rank{r}.json" for r in range(1, trainer.world_size)]
+                while not all(f.exists() for f in others) and time.monotonic() < deadline:
+                    time.sleep(0.05)  # poll for the other ranks' report files
             raise
 
 

@@ -44,7 +44,7 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ from datamodules.instruction_following.generation import (
     generate_with_retries,
 )
 from datamodules.instruction_following.scoring import read_ifeval_inputs, score
-from datamodules.io import DataError, atomic_path, atomic_write_text
+from datamodules.io import DataError, atomic_path, atomic_write_text, jsonl_text, parts_dir
 from datamodules.records import iter_jsonl
 
 __all__ = [
@@ -234,12 +234,6 @@ def make_pairs_rs(
 # ------------------------------------------------------------------------------------------------ resumable runs
 
 
-def parts_dir(out: str | Path) -> Path:
-    """Where finished chunks of ``out`` are kept until it is assembled: ``<out>.parts/``."""
-    out = Path(out)
-    return out.with_name(out.name + ".parts")
-
-
 def failures_path(out: str | Path) -> Path:
     """Where prompts whose generation failed are recorded: ``<out>.failures.jsonl``."""
     out = Path(out)
@@ -249,10 +243,6 @@ def failures_path(out: str | Path) -> Path:
 def _write_part(path: Path, text: str) -> None:
     """Write one part atomically (a function of its own so that tests can simulate a kill between parts)."""
     atomic_write_text(path, text)
-
-
-def _lines(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 @dataclass(frozen=True)
@@ -307,7 +297,7 @@ def run_resumable(
         if path.is_file():
             kept += 1
             continue
-        _write_part(path, _lines(process(records[i * chunk_size : (i + 1) * chunk_size])))
+        _write_part(path, jsonl_text(process(records[i * chunk_size : (i + 1) * chunk_size])))
         written += 1
     pairs: list[bytes] = []
     failures: list[bytes] = []

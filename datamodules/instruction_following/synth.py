@@ -42,7 +42,6 @@ with no prompt duplicated or lost.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import shutil
@@ -65,7 +64,7 @@ from datamodules.instruction_following.constraints import (
     sample_constraints,
 )
 from datamodules.instruction_following.tasks import BASE_TASKS, BaseTask
-from datamodules.io import DataError, atomic_path, atomic_write_text
+from datamodules.io import DataError, atomic_path, atomic_write_text, jsonl_text, parts_dir
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -326,19 +325,9 @@ class SynthReport:
     complexity: dict[int, int] = field(default_factory=dict)
 
 
-def parts_dir(out: str | Path) -> Path:
-    """Where :func:`write_prompts` keeps the parts of ``out`` until it is assembled: ``<out>.parts/``."""
-    out = Path(out)
-    return out.with_name(out.name + ".parts")
-
-
 def _write_part(path: Path, text: str) -> None:
     """Write one part atomically (a function of its own so that tests can simulate a kill between parts)."""
     atomic_write_text(path, text)
-
-
-def _part_text(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
 def write_prompts(
@@ -377,7 +366,7 @@ def write_prompts(
     for i, path in enumerate(paths):
         records = list(islice(stream, min(chunk_size, n - i * chunk_size)))
         complexity.update(r["complexity"] for r in records)
-        text = _part_text(records)
+        text = jsonl_text(records)
         if path.is_file() and path.read_bytes() == text.encode("utf-8"):
             kept += 1
             continue
