@@ -195,7 +195,9 @@ class DPO(LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         loss, metrics = self._step(batch, split)
-        metrics = {**metrics, "loss": loss.detach().reshape(1)}
+        b = batch["index"].numel()
+        # Per-pair values, and the batch loss weighted by its pairs: epoch means over pairs, synced across ranks.
+        metrics = {**metrics, "loss": loss.detach().expand(b)}
         for k in (*METRICS, "loss"):
             metric = self.val_metrics[k.replace("/", "_")]
             metric.update(metrics[k])
