@@ -87,6 +87,19 @@ def _call_seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def render_prompt(tokenizer: Any, prompt: str, prefix: str = "") -> str:
+    """The model's input text: the chat-templated prompt with the generation prompt, then the response ``prefix``.
+
+    One rendering for every backend, so HF and vLLM continue exactly the same text.
+    """
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        head = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:  # a base model without a template: the prompt on its own line
+        head = prompt + "\n"
+    return head + prefix
+
+
 class HFGenerator:
     """Batched sampling with Hugging Face ``generate`` (the default backend).
 
@@ -126,13 +139,7 @@ class HFGenerator:
         self.model = model.to(device).eval()
 
     def render(self, prompt: str, prefix: str = "") -> str:
-        """The model's input text: the chat-templated prompt with the generation prompt, then ``prefix``."""
-        messages = [{"role": "user", "content": prompt}]
-        if getattr(self.tokenizer, "chat_template", None):
-            head = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        else:  # a base model without a template: the prompt on its own line
-            head = prompt + "\n"
-        return head + prefix
+        return render_prompt(self.tokenizer, prompt, prefix)
 
     def generate(
         self,
@@ -209,13 +216,7 @@ class VLLMGenerator:
         stop: list[str] | None = None,
     ) -> list[list[str]]:
         prefixes = _check_args(prompts, n, max_new_tokens, prefixes)
-        texts = [
-            self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False
-            )
-            + x
-            for p, x in zip(prompts, prefixes, strict=True)
-        ]
+        texts = [render_prompt(self.tokenizer, p, x) for p, x in zip(prompts, prefixes, strict=True)]
         params = self._vllm.SamplingParams(
             n=n,
             temperature=self.temperature,
