@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench venv clean
+.PHONY: demo demo-dpo test test-all lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
+	$(PY) -m datamodules.instruction_following job --out runs/if_job
+
+demo-dpo: $(STAMP)
 	$(PY) train.py fit --config configs/dpo.yaml
 
 test: $(STAMP)

@@ -22,6 +22,12 @@ What is measured
     responses/s = pairs / wall time of the pass, with the garbage collector paused during each pass (as
     ``timeit`` does). ``--per-type`` adds the strict time per constraint type.
 
+    With ``langdetect`` installed (it is in the ``dev`` extra) the two all-case types also run IFEval's English
+    check, which dominates their cost; the run prints whether it is installed.
+
+    Prompt synthesis is timed too: ``--synth-n`` (default 48,000, the paper's count) unique prompts written to a
+    temporary JSONL through the ``synth`` command's code path (:func:`~.synth.write_prompts`), on the same core.
+
 How to run
     python benchmarks/constraints_throughput.py             # 200,000 pairs, about a minute on one core
     python benchmarks/constraints_throughput.py --n 20000 --per-type
@@ -36,6 +42,7 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -50,9 +57,13 @@ from datamodules.instruction_following.constraints import (  # noqa: E402
     WORD_LIST,
     Constraint,
     SampleContext,
+    _detect_cached,
+    _langdetect_or_none,
+    _langdetect_state,  # noqa: E402
     sample_constraints,
 )
 from datamodules.instruction_following.scoring import score, score_strict_loose  # noqa: E402
+from datamodules.instruction_following.synth import write_prompts  # noqa: E402
 
 FORMS = ("story", "letter", "poem", "essay", "product description", "blog post", "speech", "riddle", "summary")
 FILLER = "the a of and to in is it that was for on with as by at from this be have not are".split()
@@ -179,9 +190,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--follow", type=float, default=0.5, help="probability the generator follows a constraint")
     parser.add_argument("--with-language", action="store_true", help="include language:response_language")
     parser.add_argument("--per-type", action="store_true", help="also time the strict check per constraint type")
+    parser.add_argument("--without-langdetect", action="store_true", help="score as if langdetect were missing")
+    parser.add_argument("--synth-n", type=int, default=48_000, help="prompts to synthesise in the synthesis timing")
     args = parser.parse_args(argv)
 
     pinned = pin_to_one_core()
+    if args.without_langdetect:
+        _langdetect_state["module"] = None
     ids = [cid for cid in CONSTRAINT_TYPES if args.with_language or cid != "language:response_language"]
     rng = random.Random(args.seed)
     t0 = time.perf_counter()
@@ -194,13 +209,15 @@ def main(argv: list[str] | None = None) -> None:
     gen_s = time.perf_counter() - t0
     n_constraints = sum(len(c) for _, c in pairs)
     mean_chars = sum(len(r) for r, _ in pairs) / len(pairs)
-    print(f"python {platform.python_version()} on {platform.machine()}, {pinned}")
+    print(f"python {platform.python_version()} on {platform.machine()}, {pinned}; langdetect "
+          f"{'installed' if _langdetect_or_none() is not None else 'not installed'}")
     print(
         f"{args.n} pairs, {n_constraints} constraints ({n_constraints / args.n:.2f} per prompt), "
         f"responses {mean_chars:.0f} characters on average; generated in {gen_s:.1f} s (not timed)"
     )
 
     def timed(fn: Callable[[str, list[Constraint]], T]) -> tuple[list[T], float]:
+        _detect_cached.cache_clear()  # each pass starts with a cold language-detection cache
         gc.collect()
         gc.disable()  # as timeit: collector pauses depend on what earlier passes left alive, not on the verifiers
         try:
@@ -234,6 +251,11 @@ def main(argv: list[str] | None = None) -> None:
         print("strict check per type (microseconds per check, checks):")
         for cid in sorted(spent, key=lambda k: -spent[k] / count[k]):
             print(f"  {cid:48s} {1e6 * spent[cid] / count[cid]:8.1f}  {count[cid]:8d}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = write_prompts(Path(tmp) / "prompts.jsonl", args.synth_n, args.seed)
+    print(f"synthesis:    {args.synth_n / report.seconds:10,.0f} prompts/s  ({args.synth_n} unique prompts written "
+          f"in {report.seconds:.1f} s)")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 """
 
 from callbacks.generations import SampleGenerations
+from callbacks.ifeval import IFEvalCallback
 from callbacks.nan_guard import NonFiniteError, NonFiniteGuard
 from callbacks.throughput import TokenThroughput
 
-__all__ = ["NonFiniteError", "NonFiniteGuard", "SampleGenerations", "TokenThroughput"]
+__all__ = ["IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "SampleGenerations", "TokenThroughput"]

@@ -112,6 +112,7 @@ class SampleGenerations(Callback):
                 self._skip_warned = True
             return []
         synced = isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.world_size > 1
+        path = self.output_path(trainer)  # on every rank: `trainer.log_dir` broadcasts (a collective)
         if not (synced or trainer.is_global_zero):
             return []
         tok = self._resolve_tokenizer(trainer, pl_module)
@@ -141,7 +142,7 @@ class SampleGenerations(Callback):
             for m, training in modes.items():
                 m.train(training)
         if trainer.is_global_zero:
-            self._write(trainer, samples)
+            self._write(trainer, path, samples)
         return samples
 
     def _sampling_kwargs(self, synced: bool) -> dict[str, Any]:
@@ -159,8 +160,7 @@ class SampleGenerations(Callback):
         """``<trainer.log_dir or default_root_dir>/<filename>``."""
         return Path(trainer.log_dir or trainer.default_root_dir) / self.filename
 
-    def _write(self, trainer: Trainer, samples: list[dict[str, Any]]) -> None:
-        path = self.output_path(trainer)
+    def _write(self, trainer: Trainer, path: Path, samples: list[dict[str, Any]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             for s in samples:

@@ -1,5 +1,6 @@
 """DataModules of the suite; importing this package makes each selectable by name in train.py."""
 
 from datamodules.preference import PreferenceDataModule
+from datamodules.sft import SFTDataModule
 
-__all__ = ["PreferenceDataModule"]
+__all__ = ["PreferenceDataModule", "SFTDataModule"]

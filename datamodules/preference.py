@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 Messages = list[dict[str, str]]
 
 
-def _messages(value: Any, role: str, field: str, where: str) -> Messages:
+def messages_of(value: Any, role: str, field: str, where: str) -> Messages:
     """A field as a list of chat messages; a string becomes one message of ``role``."""
     if isinstance(value, str):
         return [{"role": role, "content": value}]
@@ -48,7 +48,7 @@ def _messages(value: Any, role: str, field: str, where: str) -> Messages:
     raise DataError(f"{where}: field {field!r} must be a string or a non-empty list of {{'role', 'content'}} messages")
 
 
-def _text(messages: Messages) -> str:
+def text_of(messages: Messages) -> str:
     return "".join(m["content"] for m in messages)
 
 
@@ -69,12 +69,12 @@ class PairTokenizer:
         if self.chat:
             return self._ids(self._render(prompt, generation_prompt=True))
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        return bos + self._ids(_text(prompt))
+        return bos + self._ids(text_of(prompt))
 
     def response_ids(self, prompt: Messages, response: Messages, where: str) -> list[int]:
         if not self.chat:
             eos = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
-            return self._ids(_text(response)) + eos
+            return self._ids(text_of(response)) + eos
         prompt_text = self._render(prompt, generation_prompt=True)
         full = self._render(prompt + response, generation_prompt=False)
         if not full.startswith(prompt_text):
@@ -85,6 +85,27 @@ class PairTokenizer:
         if self.system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}, *messages]
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+class TokenizerFromModule:
+    """DataModule mixin: ``hparams.tokenizer`` if named, else the LightningModule's own tokenizer (one copy)."""
+
+    _tokenizer: Any = None
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            if self.hparams.tokenizer is not None:  # type: ignore[attr-defined]
+                from lightning_modules.backbones import load_tokenizer
+
+                self._tokenizer = load_tokenizer(self.hparams.tokenizer)  # type: ignore[attr-defined]
+            else:
+                trainer = self.trainer  # type: ignore[attr-defined]
+                module = trainer.lightning_module if trainer is not None else None
+                if getattr(module, "tokenizer", None) is None:
+                    raise ConfigError(f"{type(self).__name__} needs `tokenizer` (or a LightningModule that has one)")
+                self._tokenizer = module.tokenizer
+        return self._tokenizer
 
 
 class PairDataset(Dataset):
@@ -104,7 +125,7 @@ def collate(items: Sequence[tuple[TokenizedPair, dict]], pad_id: int, packed: bo
     return batch
 
 
-class PreferenceDataModule(LightningDataModule):
+class PreferenceDataModule(TokenizerFromModule, LightningDataModule):
     """Preference pairs for DPO-style objectives.
 
     Args:
@@ -155,7 +176,6 @@ class PreferenceDataModule(LightningDataModule):
             raise ConfigError(f"max_prompt_length must be at least 2, got {max_prompt_length}")
         self.datasets: dict[str, PairDataset] = {}
         self.stats: dict[str, Counter] = {}
-        self._tokenizer = None
         self._fingerprints: dict[str, str] = {}
 
     # ------------------------------------------------------------------------------------------- sources
@@ -178,21 +198,6 @@ class PreferenceDataModule(LightningDataModule):
                 sources[split] = read_records(files, h.hf_dataset if hf_split else None, hf_split or "train")
         return sources
 
-    @property
-    def tokenizer(self) -> Any:
-        """``tokenizer`` if named, else the LightningModule's own tokenizer (one copy, same settings)."""
-        if self._tokenizer is None:
-            if self.hparams.tokenizer is not None:
-                from lightning_modules.backbones import load_tokenizer
-
-                self._tokenizer = load_tokenizer(self.hparams.tokenizer)
-            else:
-                module = self.trainer.lightning_module if self.trainer is not None else None
-                if getattr(module, "tokenizer", None) is None:
-                    raise ConfigError("PreferenceDataModule needs `tokenizer` (or a LightningModule that has one)")
-                self._tokenizer = module.tokenizer
-        return self._tokenizer
-
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
@@ -211,13 +216,13 @@ class PreferenceDataModule(LightningDataModule):
             for field in ("prompt", "chosen", "rejected"):
                 if row.get(field) is None:
                     raise DataError(f"{where}: missing field {field!r} (expected prompt, chosen and rejected)")
-            prompt = _messages(row["prompt"], "user", "prompt", where)
-            chosen = _messages(row["chosen"], "assistant", "chosen", where)
-            rejected = _messages(row["rejected"], "assistant", "rejected", where)
+            prompt = messages_of(row["prompt"], "user", "prompt", where)
+            chosen = messages_of(row["chosen"], "assistant", "chosen", where)
+            rejected = messages_of(row["rejected"], "assistant", "rejected", where)
             for field, msgs in (("chosen", chosen), ("rejected", rejected)):
-                if not _text(msgs).strip():
+                if not text_of(msgs).strip():
                     raise DataError(f"{where}: field {field!r} is an empty response")
-            if not _text(prompt).strip():
+            if not text_of(prompt).strip():
                 raise DataError(f"{where}: field 'prompt' is empty")
             if chosen == rejected:
                 stats["identical"] += 1

@@ -1,5 +1,6 @@
 """LightningModules of the suite; importing this package makes each selectable by name in train.py."""
 
 from lightning_modules.dpo import DPO
+from lightning_modules.sft import SFT
 
-__all__ = ["DPO"]
+__all__ = ["DPO", "SFT"]

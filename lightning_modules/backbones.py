@@ -56,6 +56,7 @@ def _llama(layers: int, hidden: int, heads: int, kv_heads: int, inter: int) -> d
 # name -> (kind, config kwargs). Vocabulary, special ids come from the tiny tokenizer.
 PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-llama": ("causal_lm", _llama(layers=2, hidden=64, heads=4, kv_heads=2, inter=128)),
+    "small-llama": ("causal_lm", _llama(layers=4, hidden=128, heads=4, kv_heads=2, inter=352)),
     "tiny-llama-bench": ("causal_lm", _llama(layers=4, hidden=256, heads=8, kv_heads=4, inter=688)),
     "llama-1b-bench": ("causal_lm", _llama(layers=16, hidden=2048, heads=32, kv_heads=8, inter=8192)),
     "tiny-bert": (

@@ -25,6 +25,7 @@ from lightning_modules.backbones import (
     is_peft,
     load_tokenizer,
 )
+from lightning_modules.checkpointing import TrainableOnlyCheckpoints
 from lightning_modules.losses.dpo import LossType, dpo_loss
 from lightning_modules.losses.logprobs import masked_sum, token_logps
 from lightning_modules.optim import OptimSpec, configure_adamw
@@ -36,7 +37,7 @@ METRICS = (
 )
 
 
-class DPO(LightningModule):
+class DPO(TrainableOnlyCheckpoints, LightningModule):
     """Direct Preference Optimization (Rafailov et al., 2023) and its IPO / hinge / conservative / RPO variants.
 
     Args:
@@ -213,22 +214,6 @@ class DPO(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
-
-    def _frozen_names(self) -> set[str]:
-        return {n for n, p in self.named_parameters() if not p.requires_grad}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only what trains: with LoRA the frozen base weights (the reference) stay out of checkpoints."""
-        if self.hparams.lora_r > 0:
-            frozen = self._frozen_names()
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """With LoRA, take the frozen base weights from the backbone this module was built from."""
-        if self.hparams.lora_r > 0:
-            own = self.state_dict()
-            for name in self._frozen_names():
-                checkpoint["state_dict"].setdefault(name, own[name])
 
     # ---------------------------------------------------------------------------------------------- export
     def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:

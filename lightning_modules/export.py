@@ -1,6 +1,6 @@
 """Export a trained policy as a Hugging Face folder (safetensors) that ``from_pretrained`` loads.
 
-    python -m lightning_modules.export --ckpt runs/dpo/checkpoints/last.ckpt --out exported/
+    python -m lightning_modules.export --ckpt runs/dpo/checkpoints/last.ckpt --out exported/   # DPO or SFT
 """
 
 from __future__ import annotations
@@ -30,15 +30,29 @@ def export_causal_lm(
     return out
 
 
+def _module_class(ckpt: Path, name: str) -> type:
+    """The LightningModule class of ``ckpt``: ``name`` (DPO, SFT), or guessed from its hyperparameters."""
+    import torch
+
+    from lightning_modules.dpo import DPO
+    from lightning_modules.sft import SFT
+
+    classes = {"DPO": DPO, "SFT": SFT}
+    if name != "auto":
+        return classes[name]
+    hparams = torch.load(ckpt, map_location="cpu", weights_only=True).get("hyper_parameters", {})
+    return DPO if "beta" in hparams else SFT  # only DPO has a preference temperature
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Export a DPO checkpoint's policy as a Hugging Face folder.")
+    parser = argparse.ArgumentParser(description="Export a DPO or SFT checkpoint's policy as a Hugging Face folder.")
     parser.add_argument("--ckpt", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--no-merge", action="store_true", help="save the LoRA adapter alone")
+    parser.add_argument("--module", choices=("auto", "DPO", "SFT"), default="auto", help="the checkpoint's module")
     args = parser.parse_args()
-    from lightning_modules.dpo import DPO
-
-    module = DPO.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True)
+    module = _module_class(args.ckpt, args.module).load_from_checkpoint(args.ckpt, map_location="cpu",
+                                                                         weights_only=True)
     path = module.export_pretrained(args.out, merge_lora=not args.no_merge)
     print(f"exported {args.ckpt} -> {path}")
 

@@ -323,8 +323,10 @@ def test_two_ranks_stop_together_and_tokens_are_summed(tmp_path: Path) -> None:
     from lightning.pytorch.strategies import DDPStrategy
 
     thr = TokenThroughput(log_every_n_steps=1)
+    # SampleGenerations samples on rank 0 only; its output path is resolved on every rank (a broadcast collective).
+    samples = SampleGenerations(every_n_steps=1, max_new_tokens=2, num_prompts=1)
     strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=60))
-    trainer = _trainer(tmp_path, [thr, ReportingGuard(tmp_path, thr)], max_steps=6, devices=2,
+    trainer = _trainer(tmp_path, [thr, samples, ReportingGuard(tmp_path, thr)], max_steps=6, devices=2,
                        strategy=strategy, logger=False)
     with pytest.raises(Exception, match="NonFiniteError"):
         trainer.fit(NaNOnRank0AtStep2(backbone="tiny-llama"), _data())
@@ -335,3 +337,5 @@ def test_two_ranks_stop_together_and_tokens_are_summed(tmp_path: Path) -> None:
     assert all(len(r["tokens"]) == 2 for r in reports)
     assert reports[0]["tokens_total"] == reports[1]["tokens_total"] == sum(sum(r["tokens"]) for r in reports)
     assert (tmp_path / "checkpoints" / "last-good.ckpt").is_file()
+    written = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in written] == [1, 2]  # steps 1 and 2 sampled on rank 0, no deadlock

@@ -204,17 +204,24 @@ def test_empty_response_follows_nothing(cid: str) -> None:
     assert constraint(cid, kwargs).check("   \n ") is False
 
 
-def test_response_language_needs_langdetect() -> None:
+def test_response_language_without_langdetect_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from datamodules.instruction_following import constraints as module
+
+    monkeypatch.setattr(module, "_langdetect_state", {"module": None})  # as if the extra were not installed
     kwargs = {"language": "fr"}
-    if HAS_LANGDETECT:
-        assert constraint("language:response_language", kwargs).check("Bonjour, je suis très content de vous voir.")
-        return
     with pytest.raises(MissingExtraError, match="pip install langdetect"):
         constraint("language:response_language", kwargs).check("Bonjour tout le monde.")
     # sampling and describing work without the extra
     sampled = CONSTRAINT_TYPES["language:response_language"].sample(random.Random(1))
     assert sampled["language"] in LANGUAGE_NAMES
     assert LANGUAGE_NAMES["fr"] in CONSTRAINT_TYPES["language:response_language"].describe(kwargs)
+
+
+@pytest.mark.skipif(not HAS_LANGDETECT, reason="the langdetect extra is not installed (it is in the dev extra)")
+def test_response_language_with_langdetect() -> None:
+    french = constraint("language:response_language", {"language": "fr"})
+    assert french.check("Bonjour, je suis très content de vous voir aujourd'hui.") is True
+    assert french.check("Hello, I am very happy to see you today, my dear friends.") is False
 
 
 def test_language_checks_with_a_stand_in_detector(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,6 +23,7 @@ from datamodules.instruction_following.pairs import (
     make_pairs_rs,
     parts_dir,
     read_prompts,
+    score_response,
     select_pair,
     write_rs_pairs,
 )
@@ -90,14 +91,16 @@ def test_rs_picks_best_and_rule_rejected() -> None:
     assert pair["constraints"] == {"instruction_id_list": IDS, "kwargs": [{}, {}]}
     assert pair["complexity"] == 2 and pair["prompt"] == "write"
     gap = make_pairs_rs([record()], ScriptedRS({"write": SAMPLES}), n=4, rule="min_gap", gap=0.75)
-    assert gap[0]["rejected"] in ("Hello, World", "") and gap[0]["rejected_score"] == 0.0
+    assert gap[0]["rejected"] == "Hello, World" and gap[0]["rejected_score"] == 0.0  # never the empty sample
     lower = make_pairs_rs([record()], ScriptedRS({"write": ["hello world", "Hello world"]}), n=2, rule="random_lower")
     assert lower[0]["rejected"] == "Hello world" and lower[0]["rejected_score"] == 0.5
 
 
-def test_empty_response_scores_zero() -> None:
-    out = make_pairs_rs([record()], ScriptedRS({"write": ["   ", "hello world"]}), n=2)
-    assert out[0]["rejected"] == "   " and out[0]["rejected_score"] == 0.0
+def test_empty_response_scores_zero_and_is_never_paired() -> None:
+    assert score_response("   ", record()) == 0.0 and score_response("", record()) == 0.0
+    assert make_pairs_rs([record()], ScriptedRS({"write": ["   ", "hello world"]}), n=2) == []
+    out = make_pairs_rs([record()], ScriptedRS({"write": ["   ", "hello world", "Hello world"]}), n=3)
+    assert out[0]["rejected"] == "Hello world" and out[0]["rejected_score"] == 0.5
 
 
 def test_failures_are_retried_then_recorded() -> None:

@@ -140,8 +140,9 @@ RESPONSES = [
     {"prompt": "Write a note about a lost cat.", "response": "Our cat is lost. Thanks again."},
     # 2: preamble line -> strict [F], loose [T]
     {"prompt": "Describe the sea.", "response": 'Here is my description:\n"The sea is wide."'},
-    # 3: two bullets but a capital letter -> strict [T, F]; loose drops the first line -> [T, T]
-    {"prompt": "List two fruits.", "response": "Fruits:\n* apple\n* pear"},
+    # 3: two bullets but a capital letter -> strict [T, F]; loose drops the first line -> [T, T] (long enough
+    # for langdetect, when installed, to call the lowercase part English, as IFEval's check also requires)
+    {"prompt": "List two fruits.", "response": "Fruits:\n* the apple is a sweet fruit\n* the pear is a soft fruit"},
 ]
 
 

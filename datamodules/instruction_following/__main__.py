@@ -9,6 +9,8 @@ synthesise prompts with verifiable constraints (IFEval's types, Zhou et al. 2023
     python -m datamodules.instruction_following score --input prompts.jsonl --responses responses.jsonl
     python -m datamodules.instruction_following rs --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama --n 4
     python -m datamodules.instruction_following mcts --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama
+    python -m datamodules.instruction_following curate --pairs rs.jsonl mcts.jsonl --out curated.jsonl --min-gap 0.5
+    python -m datamodules.instruction_following subsets --pairs rs.jsonl mcts.jsonl --ablation contrast --out-dir sub
 
 Each command is a subparser that sets ``run`` (a function of the parsed arguments returning the exit status).
 ``score`` hands its arguments unchanged to :func:`.scoring.main` (so ``score -h`` shows that command's help).
@@ -20,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from datamodules.instruction_following import mcts, pairs, scoring, synth
+from datamodules.instruction_following import curate, job, mcts, pairs, scoring, synth
 
 __all__ = ["build_parser", "main"]
 
@@ -56,6 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
             "mcts",
             help="MCTS preference pairs: sibling segments that share a prefix and differ in value",
             description=mcts.__doc__.split("\n\n", 1)[0] if mcts.__doc__ else None,
+        )
+    )
+    curate.add_curate_arguments(
+        commands.add_parser(
+            "curate",
+            help="filter, sample and mix preference pairs (by contrast, chosen score, complexity, method, prefix)",
+            description=curate.__doc__.split("\n\n", 1)[0] if curate.__doc__ else None,
+        )
+    )
+    curate.add_subsets_arguments(
+        commands.add_parser(
+            "subsets",
+            help="equal-sized ablation subsets of preference pairs (prefix, contrast or complexity) with stats",
+            description=curate.__doc__.split("\n\n", 1)[0] if curate.__doc__ else None,
+        )
+    )
+    job.add_arguments(
+        commands.add_parser(
+            "job",
+            help="the main job end to end: prompts, warm-up, RS + MCTS pairs, DPO, held-out accuracy before/after",
+            description=job.__doc__.split("\n\n", 1)[0] if job.__doc__ else None,
         )
     )
     commands.add_parser(

@@ -89,6 +89,7 @@ integers >= 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import random
 import re
@@ -214,15 +215,22 @@ def _langdetect_or_none() -> ModuleType | None:
 def _langdetect() -> ModuleType:
     module = _langdetect_or_none()
     if module is None:
-        raise MissingExtraError("language detection needs `pip install langdetect`")
+        raise MissingExtraError("language detection needs `pip install langdetect` (the `langdetect` extra)")
     return module
 
 
 def detect_language(text: str) -> str | None:
     """ISO 639-1 code of ``text`` per ``langdetect`` (seeded), or ``None`` when it cannot tell.
 
-    Raises :class:`MissingExtraError` when ``langdetect`` is not installed.
+    Raises :class:`MissingExtraError` when ``langdetect`` is not installed. Results are cached (detection is slow,
+    and the strict and loose checks of one response ask about the same texts).
     """
+    _langdetect()
+    return _detect_cached(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _detect_cached(text: str) -> str | None:
     module = _langdetect()
     try:
         return str(module.detect(text))

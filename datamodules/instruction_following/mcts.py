@@ -215,8 +215,8 @@ def tree_pairs(root: Node, record: PromptRecord, margin: float) -> list[dict[str
             continue
         assert best.best is not None and worst.worst is not None
         (c_score, chosen), (r_score, rejected) = best.best, worst.worst
-        if c_score <= r_score or chosen == rejected:
-            continue
+        if c_score <= r_score or chosen == rejected or not rejected.strip():
+            continue  # no contrast, or an empty rejected (no pair holds an empty response, as in :mod:`.pairs`)
         assert chosen.startswith(node.text) and rejected.startswith(node.text)
         out.append(
             pair_record(

@@ -13,7 +13,8 @@ record ``key, prompt, instruction_id_list, kwargs, complexity``):
    - ``random_lower``: a uniformly random sample scoring strictly below the chosen;
    - ``min_gap``: a uniformly random sample scoring at least ``gap`` below the chosen (no pair if none);
 
-   if the chosen and rejected scores tie, the prompt gives no pair.
+   if the chosen and rejected scores tie, the prompt gives no pair. Blank samples are left out of the pairing
+   (they score 0, but no pair holds an empty response).
 
 Output records (one JSONL line per pair; the prompt/chosen/rejected strings the suite's PreferenceDataModule
 reads, the rest carried as extras)::
@@ -198,13 +199,18 @@ def _prompt_rng(seed: int, record: PromptRecord) -> random.Random:
 def rs_pairs_for_prompt(
     record: PromptRecord, samples: Sequence[str], rule: str = "worst", gap: float = 0.5, seed: int = 0
 ) -> list[dict[str, Any]]:
-    """Score ``samples`` of one prompt and return its pair (a list of zero or one record)."""
-    scores = [score_response(s, record) for s in samples]
+    """Score ``samples`` of one prompt and return its pair (a list of zero or one record).
+
+    Blank samples score 0 but are never paired: a preference file holds no empty response (the DataModule
+    rejects them as bad input), and "write something" is not the contrast these pairs are meant to teach.
+    """
+    kept = [s for s in samples if s.strip()]
+    scores = [score_response(s, record) for s in kept]
     picked = select_pair(scores, rule, gap, _prompt_rng(seed, record))
     if picked is None:
         return []
     c, r = picked
-    return [pair_record(record, samples[c], samples[r], scores[c], scores[r], "rs", "")]
+    return [pair_record(record, kept[c], kept[r], scores[c], scores[r], "rs", "")]
 
 
 def make_pairs_rs(

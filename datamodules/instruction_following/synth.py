@@ -24,8 +24,8 @@ public; this one is ours:
 - Deterministic and prefix-stable: one ``random.Random(seed)`` stream, so the first ``m`` prompts of
   ``synthesize(n, seed)`` are those of ``synthesize(m, seed)`` for any ``m <= n``; keys are ``0..n-1``.
 - Constraint types: all 25 of IFEval by default (a choice: the paper uses 23, and which two it leaves out is not
-  known to us); ``exclude`` drops types (for example ``language:response_language``, whose verifier needs the optional
-  ``langdetect``).
+  known to us); ``include`` restricts the draw to some types and ``exclude`` drops types (for example
+  ``language:response_language``, whose verifier needs the optional ``langdetect`` extra).
 
 Records are IFEval's input lines (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``; read back by
 :func:`~.scoring.read_ifeval_inputs`) plus ``complexity``, ``task`` (the base task sentence), ``topic`` and
@@ -102,6 +102,7 @@ def _plan(
     exclude: Iterable[str],
     complexity_weights: Sequence[float] | None,
     tasks: Sequence[BaseTask] | None,
+    include: Iterable[str] | None = None,
 ) -> _Plan:
     if not 1 <= min_constraints <= max_constraints:
         raise ValueError(
@@ -112,7 +113,11 @@ def _plan(
     for cid in exclude:
         get_constraint_type(cid)  # ConstraintError (a ValueError) for an unknown id
         excluded.add(cid)
-    pool = None if not excluded else sorted(set(CONSTRAINT_TYPES) - excluded)
+    included = None if include is None else {cid for cid in include if get_constraint_type(cid)}
+    if included is None and not excluded:
+        pool = None
+    else:
+        pool = sorted((set(CONSTRAINT_TYPES) if included is None else included) - excluded)
     if pool is not None and not pool:
         raise ValueError("every constraint type is excluded")
     ks = tuple(range(min_constraints, max_constraints + 1))
@@ -247,13 +252,14 @@ def iter_prompts(
     exclude: Iterable[str] = (),
     complexity_weights: Sequence[float] | None = None,
     tasks: Sequence[BaseTask] | None = None,
+    include: Iterable[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The endless deterministic stream of unique prompt records for ``seed`` (see the module docstring).
 
     Raises ``ValueError`` for bad options, and when 10,000 draws in a row repeat earlier prompts (the prompt space
     of a narrow configuration is exhausted).
     """
-    plan = _plan(min_constraints, max_constraints, exclude, complexity_weights, tasks)
+    plan = _plan(min_constraints, max_constraints, exclude, complexity_weights, tasks, include)
     rng = random.Random(seed)
     seen_text: set[str] = set()
     seen_sets: set[tuple[str, tuple[str, ...]]] = set()
@@ -294,6 +300,7 @@ def synthesize(
     exclude: Iterable[str] = (),
     complexity_weights: Sequence[float] | None = None,
     tasks: Sequence[BaseTask] | None = None,
+    include: Iterable[str] | None = None,
 ) -> list[dict[str, Any]]:
     """``n`` unique prompt records: the first ``n`` of :func:`iter_prompts` (Kim et al. 2025 make 48,000)."""
     if n < 0:
@@ -305,6 +312,7 @@ def synthesize(
         exclude=exclude,
         complexity_weights=complexity_weights,
         tasks=tasks,
+        include=include,
     )
     return list(islice(stream, n))
 
@@ -340,6 +348,7 @@ def write_prompts(
     exclude: Iterable[str] = (),
     complexity_weights: Sequence[float] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
+    include: Iterable[str] | None = None,
 ) -> SynthReport:
     """Write :func:`synthesize`'s ``n`` records to the JSONL file ``out``, resumably (see the module docstring)."""
     if n < 1:
@@ -356,6 +365,7 @@ def write_prompts(
         max_constraints=max_constraints,
         exclude=exclude,
         complexity_weights=complexity_weights,
+        include=include,
     )
     folder = parts_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -423,6 +433,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="constraint types to leave out (repeatable), e.g. language:response_language",
     )
     parser.add_argument(
+        "--types",
+        action="append",
+        default=None,
+        metavar="ID[,ID...]",
+        help="draw only from these constraint types (repeatable; default: all 25)",
+    )
+    parser.add_argument(
         "--chunk-size",
         type=int,
         default=DEFAULT_CHUNK_SIZE,
@@ -444,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
             exclude=_ids(args.exclude),
             complexity_weights=args.complexity_weights,
             chunk_size=args.chunk_size,
+            include=_ids(args.types) if args.types else None,
         )
     except (ConstraintError, DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

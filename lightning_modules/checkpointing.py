@@ -1,0 +1,26 @@
+"""Checkpoints that hold only what trains (DESIGN.md: frozen weights are never written into checkpoints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TrainableOnlyCheckpoints:
+    """LightningModule mixin: with LoRA (``hparams.lora_r > 0``) the frozen base weights stay out of checkpoints.
+
+    On load they are refilled from the backbone the module was built from, so a resumed run is exact.
+    """
+
+    def _frozen_names(self) -> set[str]:
+        return {n for n, p in self.named_parameters() if not p.requires_grad}  # type: ignore[attr-defined]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.lora_r > 0:  # type: ignore[attr-defined]
+            frozen = self._frozen_names()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.hparams.lora_r > 0:  # type: ignore[attr-defined]
+            own = self.state_dict()  # type: ignore[attr-defined]
+            for name in self._frozen_names():
+                checkpoint["state_dict"].setdefault(name, own[name])
