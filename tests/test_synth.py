@@ -212,6 +212,22 @@ def test_exclude_and_option_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         synthesize(10, 0, max_constraints=1, exclude=only_title, tasks=BASE_TASKS[:1])
 
 
+def test_include_restricts_the_types(tmp_path: Path) -> None:
+    chosen = ["punctuation:no_comma", "startend:end_checker", "change_case:english_lowercase"]
+    records = synthesize(300, 0, 1, 3, include=chosen)
+    used = Counter(cid for r in records for cid in r["instruction_id_list"])
+    assert set(used) == set(chosen)  # every included type is drawn, nothing else
+    assert all(chosen[0] not in r["instruction_id_list"] for r in synthesize(100, 0, 1, 2, include=chosen,
+                                                                             exclude=[chosen[0]]))
+    with pytest.raises(ConstraintError, match="nope"):
+        synthesize(1, 0, include=["nope"])
+    out = tmp_path / "p.jsonl"
+    args = ["synth", "--n", "50", "--out", str(out), "--max-constraints", "2", "--types", ",".join(chosen[:2])]
+    assert main(args) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {cid for r in lines for cid in r["instruction_id_list"]} == set(chosen[:2])
+
+
 # ------------------------------------------------------------------------------------------------ files and CLI
 
 

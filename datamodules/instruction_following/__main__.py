@@ -11,6 +11,7 @@ synthesise prompts with verifiable constraints (IFEval's types, Zhou et al. 2023
     python -m datamodules.instruction_following mcts --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama
     python -m datamodules.instruction_following curate --pairs rs.jsonl mcts.jsonl --out curated.jsonl --min-gap 0.5
     python -m datamodules.instruction_following subsets --pairs rs.jsonl mcts.jsonl --ablation contrast --out-dir sub
+    python -m datamodules.instruction_following job --out runs/if_job
 
 Each command is a subparser that sets ``run`` (a function of the parsed arguments returning the exit status).
 ``score`` hands its arguments unchanged to :func:`.scoring.main` (so ``score -h`` shows that command's help).
@@ -32,6 +33,20 @@ PROG = "python -m datamodules.instruction_following"
 PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {"score": scoring.main}
 
 
+#: (command, the function adding its arguments, its module (for the description), one-line help)
+COMMANDS: list[tuple[str, Callable[[argparse.ArgumentParser], object], object, str]] = [
+    ("synth", synth.add_arguments, synth, "unique prompts: base tasks plus conflict-free verifiable constraints"),
+    ("rs", pairs.add_arguments, pairs, "rejection-sampling pairs: N samples per prompt, best vs a lower one"),
+    ("mcts", mcts.add_arguments, mcts, "MCTS pairs: sibling segments that share a prefix and differ in value"),
+    ("curate", curate.add_curate_arguments, curate,
+     "filter, sample and mix preference pairs (by contrast, chosen score, complexity, method, prefix)"),
+    ("subsets", curate.add_subsets_arguments, curate,
+     "equal-sized ablation subsets of preference pairs (prefix, contrast or complexity) with stats"),
+    ("job", job.add_arguments, job,
+     "the main job end to end: prompts, warm-up, RS + MCTS pairs, DPO, held-out accuracy before/after"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one subparser per command."""
     parser = argparse.ArgumentParser(
@@ -39,48 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Instruction-following preference data (Kim et al. 2025) with IFEval's verifiable constraints.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    synth.add_arguments(
-        commands.add_parser(
-            "synth",
-            help="synthesise unique prompts: base tasks plus conflict-free verifiable constraints",
-            description=synth.__doc__.split("\n\n", 1)[0] if synth.__doc__ else None,
-        )
-    )
-    pairs.add_arguments(
-        commands.add_parser(
-            "rs",
-            help="rejection-sampling preference pairs: N samples per prompt, best vs a rule-picked lower one",
-            description=pairs.__doc__.split("\n\n", 1)[0] if pairs.__doc__ else None,
-        )
-    )
-    mcts.add_arguments(
-        commands.add_parser(
-            "mcts",
-            help="MCTS preference pairs: sibling segments that share a prefix and differ in value",
-            description=mcts.__doc__.split("\n\n", 1)[0] if mcts.__doc__ else None,
-        )
-    )
-    curate.add_curate_arguments(
-        commands.add_parser(
-            "curate",
-            help="filter, sample and mix preference pairs (by contrast, chosen score, complexity, method, prefix)",
-            description=curate.__doc__.split("\n\n", 1)[0] if curate.__doc__ else None,
-        )
-    )
-    curate.add_subsets_arguments(
-        commands.add_parser(
-            "subsets",
-            help="equal-sized ablation subsets of preference pairs (prefix, contrast or complexity) with stats",
-            description=curate.__doc__.split("\n\n", 1)[0] if curate.__doc__ else None,
-        )
-    )
-    job.add_arguments(
-        commands.add_parser(
-            "job",
-            help="the main job end to end: prompts, warm-up, RS + MCTS pairs, DPO, held-out accuracy before/after",
-            description=job.__doc__.split("\n\n", 1)[0] if job.__doc__ else None,
-        )
-    )
+    for name, add_arguments, module, help_text in COMMANDS:
+        doc = getattr(module, "__doc__", None)
+        add_arguments(commands.add_parser(name, help=help_text, description=doc.split("\n\n", 1)[0] if doc else None))
     commands.add_parser(
         "score",
         help="IFEval strict/loose accuracies of responses (arguments: see `score -h`)",
