@@ -170,13 +170,13 @@ def _warm_up(cfg: JobConfig, data: Path, root: Path, out: Path) -> None:
     model.export_pretrained(out)
 
 
-def _generator(policy: Path, cfg: JobConfig, temperature: float) -> Any:
+def _generator(policy: str | Path, cfg: JobConfig, temperature: float) -> Any:
     from datamodules.instruction_following.generation import HFGenerator
 
     return HFGenerator(str(policy), temperature=temperature, batch_size=64, seed=cfg.seed)
 
 
-def _evaluate(cfg: JobConfig, policy: Path, prompts: Path, out: Path) -> None:
+def _evaluate(cfg: JobConfig, policy: str | Path, prompts: Path, out: Path) -> None:
     from datamodules.instruction_following.evaluation import evaluate_policy, write_eval
     from datamodules.instruction_following.pairs import read_prompts
 
@@ -184,7 +184,7 @@ def _evaluate(cfg: JobConfig, policy: Path, prompts: Path, out: Path) -> None:
     write_eval(result, out)
 
 
-def _rs_pairs(cfg: JobConfig, policy: Path, prompts: Path, out: Path) -> None:
+def _rs_pairs(cfg: JobConfig, policy: str | Path, prompts: Path, out: Path) -> None:
     from datamodules.instruction_following.pairs import write_rs_pairs
 
     report = write_rs_pairs(
@@ -194,7 +194,7 @@ def _rs_pairs(cfg: JobConfig, policy: Path, prompts: Path, out: Path) -> None:
     print(f"  {report.pairs} RS pairs from {report.prompts} prompts ({report.failures} failed)")
 
 
-def _mcts_pairs(cfg: JobConfig, policy: Path, prompts: Path, out: Path) -> None:
+def _mcts_pairs(cfg: JobConfig, policy: str | Path, prompts: Path, out: Path) -> None:
     from datamodules.instruction_following.mcts import MCTSConfig, write_mcts_pairs
 
     config = MCTSConfig(
@@ -220,7 +220,7 @@ def _merge_pairs(sources: list[Path], out: Path) -> None:
     atomic_write_text(out, jsonl_text(pairs))
 
 
-def _train_dpo(cfg: JobConfig, policy: Path, pairs: Path, heldout: Path, root: Path, out: Path) -> None:
+def _train_dpo(cfg: JobConfig, policy: str | Path, pairs: Path, heldout: Path, root: Path, out: Path) -> None:
     import lightning.pytorch as pl
 
     from callbacks.ifeval import IFEvalCallback
@@ -279,7 +279,7 @@ def run_job(cfg: JobConfig) -> dict[str, Any]:
     if sft_policy is not None:
         log.step("drafts", out / "warmup.jsonl", lambda: _write_drafts(cfg, p / "warmup.jsonl", out / "warmup.jsonl"))
         log.step("sft", sft_policy, lambda: _warm_up(cfg, out / "warmup.jsonl", out / "sft", sft_policy))
-    policy = sft_policy or Path(cfg.backbone.removeprefix("hf:"))
+    policy: str | Path = sft_policy or cfg.backbone  # any name the backbone factory takes
     log.step("eval-before", out / "eval" / "before.jsonl",
              lambda: _evaluate(cfg, policy, p / "heldout.jsonl", out / "eval" / "before.jsonl"))
     log.step("rs", out / "pairs" / "rs.jsonl",
