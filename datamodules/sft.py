@@ -25,9 +25,9 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from datamodules.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
 from datamodules.io import ConfigError, DataError
 from datamodules.loaders import resumable_train_loader
-from datamodules.preference import PairTokenizer, TokenizerFromModule, messages_of, text_of
 from datamodules.records import Record, read_records
 
 Example = tuple[list[int], list[int]]  # (prompt ids, response ids)

@@ -1,6 +1,7 @@
 """LightningModules of the suite; importing this package makes each selectable by name in train.py."""
 
+from lightning_modules.critic_rm import CriticRM
 from lightning_modules.dpo import DPO
 from lightning_modules.sft import SFT
 
-__all__ = ["DPO", "SFT"]
+__all__ = ["DPO", "SFT", "CriticRM"]

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from datamodules import PreferenceDataModule
+from datamodules.chat import PairTokenizer
 from datamodules.io import DataError
-from datamodules.preference import PairTokenizer
 from lightning_modules.backbones import load_tokenizer
 
 

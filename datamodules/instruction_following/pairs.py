@@ -48,7 +48,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from datamodules.instruction_following.constraints import ConstraintError, MissingExtraError
 from datamodules.instruction_following.generation import (
@@ -80,6 +80,7 @@ __all__ = [
 
 RULES = ("worst", "random_lower", "min_gap")
 DEFAULT_CHUNK_SIZE = 64
+R = TypeVar("R")  # the input record type of :func:`run_resumable`
 
 
 # ------------------------------------------------------------------------------------------------ prompts, scores
@@ -264,17 +265,22 @@ class RunReport:
 
 
 def run_resumable(
-    records: Sequence[PromptRecord],
+    records: Sequence[R],
     out: str | Path,
-    process: Callable[[Sequence[PromptRecord]], list[dict[str, Any]]],
+    process: Callable[[Sequence[R]], list[dict[str, Any]]],
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     meta: dict[str, Any] | None = None,
+    fingerprint: str | None = None,
+    keep: Callable[[dict[str, Any]], bool] | None = None,
 ) -> RunReport:
     """Run ``process`` chunk by chunk with atomic parts, skipping finished chunks; assemble ``out`` atomically.
 
     ``process`` returns pair records and failure records (those with an ``error`` field) for its chunk.
-    ``meta`` (settings plus the prompts' fingerprint) must match an earlier interrupted run's to resume it.
+    ``meta`` (settings plus the records' fingerprint) must match an earlier interrupted run's to resume it.
+    ``fingerprint`` identifies the input records; by default it is computed from :class:`PromptRecord` fields, so
+    other record types must pass their own. ``keep``, if given, sees every record of every part in order while
+    ``out`` is assembled; a record it returns False for goes to neither file (for records that only carry counts).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -282,9 +288,9 @@ def run_resumable(
     if out.is_dir():
         raise DataError(f"{out}: is a folder; the output must be a file path")
     start = time.perf_counter()
-    fingerprint = hashlib.sha256(
-        json.dumps([[r.key, r.prompt, r.instruction_id_list, r.kwargs] for r in records], ensure_ascii=False).encode()
-    ).hexdigest()
+    if fingerprint is None:  # PromptRecords (RS, MCTS)
+        rows = [[r.key, r.prompt, r.instruction_id_list, r.kwargs] for r in records]  # type: ignore[attr-defined]
+        fingerprint = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
     meta_json = json.dumps({**(meta or {}), "prompts": fingerprint, "chunk_size": chunk_size}, sort_keys=True)
     folder = parts_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,7 +315,9 @@ def run_resumable(
     failures: list[bytes] = []
     for path in paths:
         for line in path.read_bytes().splitlines(keepends=True):
-            (failures if "error" in json.loads(line) else pairs).append(line)
+            record = json.loads(line)
+            if keep is None or keep(record):
+                (failures if "error" in record else pairs).append(line)
     for stale in out.parent.glob(f".{out.name}*.tmp"):  # left by a run killed while assembling
         stale.unlink(missing_ok=True)
     fail_path = failures_path(out)
