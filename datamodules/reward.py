@@ -130,7 +130,6 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
             and predict files may be RewardBench files (``subset`` field, no critiques).
         hf_dataset, hf_train_split, hf_val_split: a Hugging Face dataset (``save_to_disk`` folder or hub name).
         with_critiques: None = follow the LightningModule's ``use_critiques``.
-        critique_instruction: the user turn that asks for the critique; None = the LightningModule's.
         tokenizer: model name whose tokenizer to use; None takes the LightningModule's.
         max_length: cap on the tokens of one sequence (P + R + A + C).
         max_prompt_length: prompts over it are dropped (counted).
@@ -149,7 +148,6 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
         hf_train_split: str = "train",
         hf_val_split: str | None = None,
         with_critiques: bool | None = None,
-        critique_instruction: str | None = None,
         tokenizer: str | None = None,
         max_length: int = 512,
         max_prompt_length: int = 256,
@@ -177,22 +175,22 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
         self.stats: dict[str, Counter] = {}
 
     # -------------------------------------------------------------------------------------- module settings
-    def _from_module(self, name: str, attr: str, default: Any) -> Any:
-        own = getattr(self.hparams, name)
-        if own is not None:
-            return own
+    def _module_hparam(self, name: str, default: Any) -> Any:
         module = self.trainer.lightning_module if self.trainer is not None else None
-        return getattr(getattr(module, "hparams", None), attr, default) if module is not None else default
+        return getattr(getattr(module, "hparams", None), name, default)
 
     @property
     def with_critiques(self) -> bool:
-        return bool(self._from_module("with_critiques", "use_critiques", True))
+        """``with_critiques`` if set, else the LightningModule's ``use_critiques``."""
+        own = self.hparams.with_critiques
+        return bool(self._module_hparam("use_critiques", True) if own is None else own)
 
     @property
     def critique_instruction(self) -> str:
+        """The LightningModule's ``critique_instruction`` (the default one when there is no module)."""
         from lightning_modules.critic_rm import DEFAULT_CRITIQUE_INSTRUCTION
 
-        return self._from_module("critique_instruction", "critique_instruction", DEFAULT_CRITIQUE_INSTRUCTION)
+        return self._module_hparam("critique_instruction", DEFAULT_CRITIQUE_INSTRUCTION)
 
     # ------------------------------------------------------------------------------------------------ setup
     def setup(self, stage: str | None = None) -> None:

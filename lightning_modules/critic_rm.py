@@ -94,8 +94,8 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         lora_dropout: float = 0.0,
         lora_target_modules: list[str] | str = "all-linear",
         use_critiques: bool = True,
-        critique_weight: float = 0.5,
-        critique_weight_end: float = 0.1,
+        critique_weight: float = 0.9,
+        critique_weight_end: float = 0.5,
         critique_schedule: Schedule = "linear",
         centering: float = 0.0,
         reward_head_hidden: int | None = None,
@@ -208,7 +208,7 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
                                       num_return_sequences=h.num_critiques, pad_token_id=self.tokenizer.pad_token_id,
                                       eos_token_id=self.tokenizer.eos_token_id)
         if sample:
-            kwargs.update(temperature=h.critique_temperature, top_p=h.critique_top_p)
+            kwargs.update(temperature=h.critique_temperature, top_p=h.critique_top_p, top_k=0)  # no top-k cut
         was_training = self.policy.training
         self.policy.eval()
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
@@ -235,20 +235,18 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         r = self.rewards(self.hidden_states(ids, mask), mask).view(-1, m)  # (N, m)
         return r, [texts[i * m : (i + 1) * m] for i in range(r.shape[0])]
 
-    def _pair_rewards(self, batch: dict[str, Any], batch_idx: int) -> tuple[Tensor, list[list[str]]]:
-        """(2B, m) rewards: rows 0..B-1 the chosen, B..2B-1 the rejected responses."""
-        if self.hparams.use_critiques and not self.hparams.val_generate and batch["has_critiques"]:
-            hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-            return self.rewards(hidden, batch["attention_mask"]).unsqueeze(-1), [[] for _ in hidden]
-        return self.score_requests(batch["requests"], seed=batch_idx)
-
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         b = batch["index"].numel()
+        teacher_forced = None
         if batch["has_critiques"] or not self.hparams.use_critiques:
-            loss, _ = self._loss(batch)
+            loss, metrics = self._loss(batch)
             self.val_loss.update(loss.detach(), weight=b)
             self.log("val/loss", self.val_loss, prog_bar=True)
-        r = self._pair_rewards(batch, batch_idx)[0].mean(-1)  # (2B,)
+            teacher_forced = torch.cat([metrics["rewards/chosen"], metrics["rewards/rejected"]])  # (2B,)
+        if self.hparams.use_critiques and (self.hparams.val_generate or teacher_forced is None):
+            r = self.score_requests(batch["requests"], seed=batch_idx)[0].mean(-1)  # (2B,): self-written critiques
+        else:
+            r = teacher_forced  # the plain RM, or the file's critiques with val_generate=False
         self.val_accuracy.update(r[:b], r[b:])
         self.log("val/accuracy", self.val_accuracy, prog_bar=True)
 
