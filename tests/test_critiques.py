@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from datamodules import resumable as resumable_module
 from datamodules.critiques.__main__ import main
 from datamodules.critiques.parse import parse_rating, parse_score
 from datamodules.critiques.pipeline import (
@@ -34,7 +35,6 @@ from datamodules.critiques.templates import (
     split_critiques,
     template_pattern,
 )
-from datamodules.instruction_following import pairs as pairs_module
 from datamodules.io import DataError, parts_dir
 from datamodules.synthetic import make_pairs
 
@@ -406,7 +406,7 @@ def test_cli_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert not parts_dir(whole).exists() and not (tmp_path / "whole.jsonl.failures.jsonl").exists()
 
     out = tmp_path / "resumed.jsonl"
-    real = pairs_module._write_part
+    real = resumable_module._write_part
     written: list[Path] = []
 
     def killed_after_one(path: Path, text: str) -> None:
@@ -415,12 +415,12 @@ def test_cli_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         real(path, text)
         written.append(path)
 
-    monkeypatch.setattr(pairs_module, "_write_part", killed_after_one)
+    monkeypatch.setattr(resumable_module, "_write_part", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         cli(src, out)
     assert not out.exists() and not stats_path(out).exists()
     assert len(list(parts_dir(out).glob("part*.jsonl"))) == 1
-    monkeypatch.setattr(pairs_module, "_write_part", real)
+    monkeypatch.setattr(resumable_module, "_write_part", real)
     capsys.readouterr()
     assert cli(src, out, "--n", "3") == 2  # other settings: refused
     err = capsys.readouterr().err

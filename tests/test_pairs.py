@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from datamodules import resumable as resumable_module
 from datamodules.instruction_following import pairs as pairs_module
 from datamodules.instruction_following.__main__ import main
 from datamodules.instruction_following.constraints import MissingExtraError
@@ -141,7 +142,7 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, monkeypatch: py
     write_rs_pairs(src, whole, ScriptedRS(samples), n=4, rule="random_lower", seed=3, chunk_size=2)
 
     out = tmp_path / "resumed.jsonl"
-    real = pairs_module._write_part
+    real = resumable_module._write_part
     written: list[Path] = []
 
     def killed_after_one(path: Path, text: str) -> None:
@@ -150,11 +151,11 @@ def test_resume_after_kill_matches_uninterrupted(tmp_path: Path, monkeypatch: py
         real(path, text)
         written.append(path)
 
-    monkeypatch.setattr(pairs_module, "_write_part", killed_after_one)
+    monkeypatch.setattr(resumable_module, "_write_part", killed_after_one)
     with pytest.raises(KeyboardInterrupt):
         write_rs_pairs(src, out, ScriptedRS(samples), n=4, rule="random_lower", seed=3, chunk_size=2)
     assert not out.exists() and len(list(parts_dir(out).glob("part*.jsonl"))) == 1
-    monkeypatch.setattr(pairs_module, "_write_part", real)
+    monkeypatch.setattr(resumable_module, "_write_part", real)
     gen = ScriptedRS(samples)
     report = write_rs_pairs(src, out, gen, n=4, rule="random_lower", seed=3, chunk_size=2)
     assert report.parts_kept == 1 and report.parts_written == 2

@@ -20,13 +20,19 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from datamodules.critiques.pipeline import REFINE_METHODS, CritiqueConfig, read_pairs, write_critiques
+from datamodules.critiques.pipeline import (
+    DEFAULT_CHUNK_SIZE,
+    REFINE_METHODS,
+    CritiqueConfig,
+    read_pairs,
+    write_critiques,
+)
 from datamodules.critiques.scripted import ScriptedCritic
 from datamodules.critiques.templates import Templates, load_template
 from datamodules.instruction_following.constraints import MissingExtraError
 from datamodules.instruction_following.generation import Generator, build_generator
-from datamodules.instruction_following.pairs import DEFAULT_CHUNK_SIZE, failures_path
 from datamodules.io import DataError
+from datamodules.resumable import failures_path
 
 __all__ = ["BACKENDS", "add_arguments", "build_parser", "main", "run"]
 

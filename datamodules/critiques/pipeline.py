@@ -54,7 +54,7 @@ Input field ``error`` is reserved (it marks failure records); input fields named
 overwritten. Pairs whose generation fails after ``retries`` further attempts, at any stage, go to
 ``<out>.failures.jsonl`` as ``{"where", "stage", "error", "attempts", "pair": the input row}``.
 
-Runs are resumable and atomic through :func:`datamodules.instruction_following.pairs.run_resumable` (chunks of
+Runs are resumable and atomic through :func:`datamodules.resumable.run_resumable` (chunks of
 ``chunk_size`` pairs written as parts under ``<out>.parts/``; a rerun skips finished parts; settings and inputs are
 fingerprinted). Dropped pairs are recorded in the parts only as count records, so the statistics written
 atomically to ``<out>.stats.json`` (:func:`stats_path`) cover the whole run, resumed or not. Critique counts cover
@@ -75,9 +75,11 @@ from datamodules.chat import Messages, messages_of, text_of
 from datamodules.critiques.parse import parse_score
 from datamodules.critiques.templates import Templates, format_critiques
 from datamodules.instruction_following.generation import GenerationFailure, Generator, generate_with_retries
-from datamodules.instruction_following.pairs import DEFAULT_CHUNK_SIZE, RunReport, failures_path, run_resumable
 from datamodules.io import DataError, atomic_write_text
 from datamodules.records import iter_jsonl
+from datamodules.resumable import RunReport, failures_path, run_resumable
+
+DEFAULT_CHUNK_SIZE = 64  # pairs per atomically written part
 
 __all__ = [
     "DROP_REASONS",

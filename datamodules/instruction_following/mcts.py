@@ -41,18 +41,18 @@ from datamodules.instruction_following.constraints import ConstraintError, Missi
 from datamodules.instruction_following.generation import GenerationFailure, Generator, generate_with_retries
 from datamodules.instruction_following.pairs import (
     PromptRecord,
-    RunReport,
     add_generator_arguments,
     failure_record,
     generator_from_args,
     generator_meta,
     pair_record,
     print_report,
+    prompts_fingerprint,
     read_prompts,
-    run_resumable,
     score_response,
 )
 from datamodules.io import DataError
+from datamodules.resumable import RunReport, run_resumable
 
 __all__ = ["SEGMENT_STOPS", "MCTSConfig", "Node", "make_pairs_mcts", "mcts_search", "tree_pairs", "write_mcts_pairs"]
 
@@ -256,7 +256,8 @@ def write_mcts_pairs(
     records = read_prompts(prompts)
     settings = dict(method="mcts", **config.__dict__, **(meta or {}))
     return run_resumable(
-        records, out, lambda chunk: make_pairs_mcts(chunk, generator, config), chunk_size=chunk_size, meta=settings
+        records, out, lambda chunk: make_pairs_mcts(chunk, generator, config),
+        fingerprint=prompts_fingerprint(records), chunk_size=chunk_size, meta=settings,
     )
 
 

@@ -40,15 +40,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import random
-import shutil
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from datamodules.instruction_following.constraints import ConstraintError, MissingExtraError
 from datamodules.instruction_following.generation import (
@@ -58,8 +55,9 @@ from datamodules.instruction_following.generation import (
     generate_with_retries,
 )
 from datamodules.instruction_following.scoring import read_ifeval_inputs, score
-from datamodules.io import DataError, atomic_path, atomic_write_text, jsonl_text, parts_dir
+from datamodules.io import DataError, parts_dir
 from datamodules.records import iter_jsonl
+from datamodules.resumable import RunReport, failures_path, run_resumable
 
 __all__ = [
     "RULES",
@@ -69,6 +67,7 @@ __all__ = [
     "failures_path",
     "make_pairs_rs",
     "parts_dir",
+    "prompts_fingerprint",
     "read_prompts",
     "rs_pairs_for_prompt",
     "run",
@@ -80,7 +79,6 @@ __all__ = [
 
 RULES = ("worst", "random_lower", "min_gap")
 DEFAULT_CHUNK_SIZE = 64
-R = TypeVar("R")  # the input record type of :func:`run_resumable`
 
 
 # ------------------------------------------------------------------------------------------------ prompts, scores
@@ -238,100 +236,10 @@ def make_pairs_rs(
     return out
 
 
-# ------------------------------------------------------------------------------------------------ resumable runs
-
-
-def failures_path(out: str | Path) -> Path:
-    """Where prompts whose generation failed are recorded: ``<out>.failures.jsonl``."""
-    out = Path(out)
-    return out.with_name(out.name + ".failures.jsonl")
-
-
-def _write_part(path: Path, text: str) -> None:
-    """Write one part atomically (a function of its own so that tests can simulate a kill between parts)."""
-    atomic_write_text(path, text)
-
-
-@dataclass(frozen=True)
-class RunReport:
-    out: Path
-    prompts: int
-    pairs: int
-    failures: int
-    parts: int
-    parts_kept: int
-    parts_written: int
-    seconds: float
-
-
-def run_resumable(
-    records: Sequence[R],
-    out: str | Path,
-    process: Callable[[Sequence[R]], list[dict[str, Any]]],
-    *,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    meta: dict[str, Any] | None = None,
-    fingerprint: str | None = None,
-    keep: Callable[[dict[str, Any]], bool] | None = None,
-) -> RunReport:
-    """Run ``process`` chunk by chunk with atomic parts, skipping finished chunks; assemble ``out`` atomically.
-
-    ``process`` returns pair records and failure records (those with an ``error`` field) for its chunk.
-    ``meta`` (settings plus the records' fingerprint) must match an earlier interrupted run's to resume it.
-    ``fingerprint`` identifies the input records; by default it is computed from :class:`PromptRecord` fields, so
-    other record types must pass their own. ``keep``, if given, sees every record of every part in order while
-    ``out`` is assembled; a record it returns False for goes to neither file (for records that only carry counts).
-    """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    out = Path(out)
-    if out.is_dir():
-        raise DataError(f"{out}: is a folder; the output must be a file path")
-    start = time.perf_counter()
-    if fingerprint is None:  # PromptRecords (RS, MCTS)
-        rows = [[r.key, r.prompt, r.instruction_id_list, r.kwargs] for r in records]  # type: ignore[attr-defined]
-        fingerprint = hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
-    meta_json = json.dumps({**(meta or {}), "prompts": fingerprint, "chunk_size": chunk_size}, sort_keys=True)
-    folder = parts_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_file = folder / "meta.json"
-    if meta_file.is_file():
-        if meta_file.read_text(encoding="utf-8") != meta_json:
-            raise DataError(
-                f"{folder}: left by an interrupted run with other prompts or settings; delete it to start afresh"
-            )
-    else:
-        atomic_write_text(meta_file, meta_json)
-    n_parts = -(-len(records) // chunk_size)
-    paths = [folder / f"part{i:05d}.jsonl" for i in range(n_parts)]
-    kept = written = 0
-    for i, path in enumerate(paths):
-        if path.is_file():
-            kept += 1
-            continue
-        _write_part(path, jsonl_text(process(records[i * chunk_size : (i + 1) * chunk_size])))
-        written += 1
-    pairs: list[bytes] = []
-    failures: list[bytes] = []
-    for path in paths:
-        for line in path.read_bytes().splitlines(keepends=True):
-            record = json.loads(line)
-            if keep is None or keep(record):
-                (failures if "error" in record else pairs).append(line)
-    for stale in out.parent.glob(f".{out.name}*.tmp"):  # left by a run killed while assembling
-        stale.unlink(missing_ok=True)
-    fail_path = failures_path(out)
-    if failures:
-        with atomic_path(fail_path) as tmp:
-            tmp.write_bytes(b"".join(failures))
-    elif fail_path.is_file():
-        fail_path.unlink()
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        handle.write(b"".join(pairs))
-        handle.flush()
-        os.fsync(handle.fileno())
-    shutil.rmtree(folder)
-    return RunReport(out, len(records), len(pairs), len(failures), n_parts, kept, written, time.perf_counter() - start)
+def prompts_fingerprint(records: Sequence[PromptRecord]) -> str:
+    """sha256 of the prompts' content: the input half of a resumable run's meta."""
+    rows = [[r.key, r.prompt, r.instruction_id_list, r.kwargs] for r in records]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()
 
 
 def write_rs_pairs(
@@ -359,7 +267,8 @@ def write_rs_pairs(
             chunk, generator, n=n, max_new_tokens=max_new_tokens, rule=rule, gap=gap, seed=seed, retries=retries
         )
 
-    return run_resumable(records, out, process, chunk_size=chunk_size, meta=settings)
+    return run_resumable(records, out, process, fingerprint=prompts_fingerprint(records), chunk_size=chunk_size,
+                         meta=settings)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
