@@ -77,6 +77,25 @@ class PairTokenizer:
             raise DataError(f"{where}: the chat template renders the conversation differently once it goes on")
         return self._ids(full[len(head):])
 
+    def strip_turn_tail(self, ids: list[int]) -> list[int]:
+        """``ids`` without the whitespace-only tokens a template writes after a turn's closing token (ChatML's "\\n").
+
+        The reward of a critique is read at its closing token, which is where generation stops at inference.
+        """
+        end = len(ids)
+        while end > 1 and not self.tok.decode(ids[end - 1 : end], skip_special_tokens=False).strip():
+            end -= 1
+        return ids[:end]
+
+    def end_of_turn_id(self) -> int | None:
+        """The token that closes an assistant turn (EOS without a chat template; ``<|im_end|>``, ``<|eot_id|>``,
+        ``<end_of_turn>``... with one): generation of a turn must stop there, which is not always at EOS."""
+        if not self.chat:
+            return self.tok.eos_token_id
+        ids = self.continuation_ids([{"role": "user", "content": "a"}], [{"role": "assistant", "content": "b"}],
+                                    "the chat template")
+        return self.strip_turn_tail(ids)[-1]
+
     def _render(self, messages: Messages, generation_prompt: bool) -> str:
         if self.system_prompt and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.system_prompt}, *messages]

@@ -72,6 +72,21 @@ class RewardExample:
     index: int = 0
 
 
+def turn_ids(
+    pt: PairTokenizer, prompt: Messages, response: Messages, instruction: Messages | None, where: str
+) -> tuple[list[int], list[int]]:
+    """(R, A): the response's ids after the prompt, and the critique-request turn after it (empty without one)."""
+    r_ids = pt.response_ids(prompt, response, where)
+    ask = pt.continuation_ids(prompt + response, instruction, where) if instruction is not None else []
+    return r_ids, ask
+
+
+def critique_ids(pt: PairTokenizer, history: Messages, critique: str, where: str) -> list[int]:
+    """C: a critique turn after P + R + A, ending at the turn's closing token (where generation stops)."""
+    ids = pt.continuation_ids(history, [{"role": "assistant", "content": critique}], where)
+    return pt.strip_turn_tail(ids)
+
+
 def pad_rows(rows: Sequence[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """ids, attention mask and position ids (2D each) of ``rows`` padded on ``side``."""
     width = max(len(r) for r in rows)
@@ -168,6 +183,9 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
             raise ConfigError("RewardDataModule needs train_files, hf_dataset, test_files or predict_files")
         if not 2 <= max_prompt_length < max_length:
             raise ConfigError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
+        if critique_overflow not in ("truncate", "drop", "error") or padding_side not in ("right", "left"):
+            raise ConfigError(f"critique_overflow must be truncate, drop or error and padding_side right or left, got "
+                              f"{critique_overflow!r}, {padding_side!r}")
         if max_critique_length < 1:
             raise ConfigError(f"max_critique_length must be >= 1, got {max_critique_length}")
         self.datasets: dict[str, list[RewardExample]] = {}
@@ -249,21 +267,24 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
                 stats["prompt_too_long_dropped"] += 1
                 continue
             subset = -1
-            if isinstance(row.get("subset"), str):
+            if row.get("subset") is not None:
+                if not isinstance(row["subset"], str) or not row["subset"].strip():
+                    raise DataError(f"{where}: field 'subset' must be a non-empty string (a RewardBench subset name)")
                 if row["subset"] not in subsets:
                     subsets.append(row["subset"])
                 subset = subsets.index(row["subset"])
-            base = {s: pt.response_ids(prompt, responses[s], where) for s in SIDES}
-            ask = {s: pt.continuation_ids(prompt + responses[s], instruction, where) if critiques_on else []
-                   for s in SIDES}
+            turns = {s: turn_ids(pt, prompt, responses[s], instruction if critiques_on else None, where)
+                     for s in SIDES}
+            base = {s: turns[s][0] for s in SIDES}
+            ask = {s: turns[s][1] for s in SIDES}
             n = max(len(texts["chosen"]), len(texts["rejected"])) if texts else 1
             for k in range(n):
                 sides: dict[str, Side] = {}
                 for s in SIDES:
                     critique = None
                     if texts is not None:
-                        msgs = [{"role": "assistant", "content": texts[s][k % len(texts[s])]}]
-                        critique = pt.continuation_ids(prompt + responses[s] + instruction, msgs, where)
+                        critique = critique_ids(pt, prompt + responses[s] + instruction, texts[s][k % len(texts[s])],
+                                                where)
                         if len(critique) > h.max_critique_length:
                             if h.critique_overflow == "error":
                                 raise DataError(f"{where}: {s}_critique has {len(critique)} tokens, over "

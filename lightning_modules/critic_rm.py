@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
@@ -123,6 +124,9 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
                               f"{max_critique_tokens}")
         if num_critiques > 1 and critique_temperature <= 0:
             raise ConfigError("num_critiques > 1 needs critique_temperature > 0 (greedy decoding repeats one critique)")
+        if critique_temperature < 0 or not 0 < critique_top_p <= 1:
+            raise ConfigError("need critique_temperature >= 0 and 0 < critique_top_p <= 1, got "
+                              f"{critique_temperature}, {critique_top_p}")
         if centering < 0:
             raise ConfigError(f"centering must be >= 0, got {centering}")
         check_model_name(backbone)
@@ -138,7 +142,7 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
             self.reward_head = RewardHead(d_model, d_model if reward_head_hidden is None else reward_head_hidden)
         lora = LoraSpec(r=lora_r, alpha=lora_alpha, dropout=lora_dropout, target_modules=lora_target_modules)
         self.policy = apply_lora(policy, lora)
-        self.val_loss = MeanMetric()
+        self.val_loss = nn.ModuleDict({k: MeanMetric() for k in ("loss", "bt", "critique")})
         self.val_accuracy = PairwiseAccuracy()
         self.test_accuracy: RewardBenchAccuracy | None = None
         self._total_steps = 0
@@ -183,6 +187,18 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         lam = self.current_critique_weight() if teacher else 0.0
         return critic_rm_loss(r[:b], r[b:], nll, lam, centering=self.hparams.centering)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a datamodule that lays sequences out for the other mode (before anything trains)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        own = getattr(getattr(dm, "hparams", None), "with_critiques", None)
+        if own is not None and bool(own) != self.hparams.use_critiques:
+            raise ConfigError(f"the datamodule has with_critiques={own} but the model use_critiques="
+                              f"{self.hparams.use_critiques}: leave the datamodule's unset (it follows the model)")
+        longest = getattr(getattr(dm, "hparams", None), "max_critique_length", 0)
+        if self.hparams.use_critiques and longest > self.hparams.max_critique_tokens:
+            rank_zero_warn(f"critiques train up to {longest} tokens (data.max_critique_length) but are generated up "
+                           f"to {self.hparams.max_critique_tokens} (model.max_critique_tokens)")
+
     def on_fit_start(self) -> None:
         self._total_steps = int(self.trainer.estimated_stepping_batches)
 
@@ -194,6 +210,13 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         return loss
 
     # ------------------------------------------------------------------------------------------- inference
+    def stop_ids(self) -> list[int]:
+        """Where a critique ends: EOS and the chat template's end-of-turn token (they differ for many models)."""
+        from datamodules.chat import PairTokenizer
+
+        ids = [self.tokenizer.eos_token_id, PairTokenizer(self.tokenizer).end_of_turn_id()]
+        return sorted({i for i in ids if i is not None})
+
     @torch.no_grad()
     def generate_critiques(self, requests: dict[str, Tensor], seed: int = 0) -> tuple[Tensor, Tensor, list[str]]:
         """``num_critiques`` critiques per request row (left-padded P + R + A ids).
@@ -204,21 +227,22 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         h = self.hparams
         ids, mask = requests["input_ids"], requests["attention_mask"]  # (N, T')
         sample = h.critique_temperature > 0
+        stop = self.stop_ids()
         kwargs: dict[str, Any] = dict(max_new_tokens=h.max_critique_tokens, do_sample=sample,
                                       num_return_sequences=h.num_critiques, pad_token_id=self.tokenizer.pad_token_id,
-                                      eos_token_id=self.tokenizer.eos_token_id)
+                                      eos_token_id=stop)
         if sample:
             kwargs.update(temperature=h.critique_temperature, top_p=h.critique_top_p, top_k=0)  # no top-k cut
         was_training = self.policy.training
         self.policy.eval()
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
-            torch.manual_seed(h.init_seed * 1_000_003 + seed)
+            torch.manual_seed((h.init_seed * 1_000_003 + seed) * 1_009 + self.global_rank)  # ranks sample apart
             out = self.policy.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (N*m, T'')
         self.policy.train(was_training)
         new = out[:, ids.shape[1]:]  # (N*m, G)
-        is_eos = new == self.tokenizer.eos_token_id
-        after_eos = (is_eos.long().cumsum(-1) - is_eos.long()) > 0  # strictly after the first EOS
-        new_mask = (~after_eos).long()  # (N*m, G): the critique up to and including its EOS
+        is_stop = torch.isin(new, torch.tensor(stop, device=new.device))
+        after_eos = (is_stop.long().cumsum(-1) - is_stop.long()) > 0  # strictly after the first stop token
+        new_mask = (~after_eos).long()  # (N*m, G): the critique up to and including its stop token
         full_mask = torch.cat([mask.repeat_interleave(h.num_critiques, 0), new_mask], dim=1)  # (N*m, T'')
         texts = self.tokenizer.batch_decode(new.masked_fill(after_eos, self.tokenizer.pad_token_id),
                                             skip_special_tokens=True)
@@ -240,8 +264,11 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         teacher_forced = None
         if batch["has_critiques"] or not self.hparams.use_critiques:
             loss, metrics = self._loss(batch)
-            self.val_loss.update(loss.detach(), weight=b)
-            self.log("val/loss", self.val_loss, prog_bar=True)
+            parts = {"loss": loss, "bt": metrics["loss/bt"], "critique": metrics.get("loss/critique")}
+            for k, v in parts.items():
+                if v is not None:
+                    self.val_loss[k].update(v.detach(), weight=b)
+                    self.log("val/loss" if k == "loss" else f"val/loss/{k}", self.val_loss[k], prog_bar=k == "loss")
             teacher_forced = torch.cat([metrics["rewards/chosen"], metrics["rewards/rejected"]])  # (2B,)
         if self.hparams.use_critiques and (self.hparams.val_generate or teacher_forced is None):
             r = self.score_requests(batch["requests"], seed=batch_idx)[0].mean(-1)  # (2B,): self-written critiques

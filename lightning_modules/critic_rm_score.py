@@ -23,7 +23,7 @@ import torch
 from datamodules.chat import PairTokenizer, messages_of, text_of
 from datamodules.io import ConfigError, DataError, atomic_write_text, jsonl_text
 from datamodules.records import read_records
-from datamodules.reward import pad_rows
+from datamodules.reward import pad_rows, turn_ids
 from lightning_modules.critic_rm import CriticRM
 
 PAIR_FIELDS = ("chosen", "rejected")
@@ -38,25 +38,30 @@ def response_fields(row: dict[str, Any], where: str) -> tuple[str, ...]:
 
 
 def request_ids(model: CriticRM, pt: PairTokenizer, row: dict[str, Any], field: str, where: str) -> list[int]:
-    """P + R (+ the critique request A) ids of one response, as the datamodule builds them."""
+    """P + R (+ the critique request A) ids of one response, built as :class:`RewardDataModule` builds them."""
     if row.get("prompt") is None:
         raise DataError(f"{where}: missing field 'prompt'")
     prompt = messages_of(row["prompt"], "user", "prompt", where)
     response = messages_of(row[field], "assistant", field, where)
     if not text_of(prompt).strip() or not text_of(response).strip():
         raise DataError(f"{where}: empty 'prompt' or {field!r}")
-    ids = pt.prompt_ids(prompt) + pt.response_ids(prompt, response, where)
-    if model.hparams.use_critiques:
-        ask = [{"role": "user", "content": model.hparams.critique_instruction}]
-        ids += pt.continuation_ids(prompt + response, ask, where)
-    return ids
+    instruction = [{"role": "user", "content": model.hparams.critique_instruction}] if model.hparams.use_critiques \
+        else None
+    r_ids, ask = turn_ids(pt, prompt, response, instruction, where)
+    return pt.prompt_ids(prompt) + r_ids + ask
 
 
 def score_rows(
-    model: CriticRM, rows: list[tuple[dict[str, Any], str]], batch_size: int = 8
+    model: CriticRM, rows: list[tuple[dict[str, Any], str]], batch_size: int = 8, pt: PairTokenizer | None = None
 ) -> list[dict[str, Any]]:
-    """Every row with its responses' rewards and critiques added (see the module docstring)."""
-    pt = PairTokenizer(model.tokenizer)
+    """Every row with its responses' rewards and critiques added (see the module docstring).
+
+    ``pt`` renders the chat as in training (the datamodule's ``use_chat_template`` and ``system_prompt``); by
+    default the tokenizer's own template.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    pt = pt or PairTokenizer(model.tokenizer)
     items = [(i, f, request_ids(model, pt, row, f, where))  # validate everything before scoring anything
              for i, (row, where) in enumerate(rows) for f in response_fields(row, where)]
     out = [dict(row) for row, _ in rows]
@@ -88,15 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         if not args.ckpt.is_file():
             raise DataError(f"{args.ckpt}: no such checkpoint")
         rows = read_records(str(args.input))
-        model = CriticRM.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True).to(args.device).eval()
-        for name, value in (("num_critiques", args.num_critiques), ("critique_temperature", args.temperature),
-                            ("max_critique_tokens", args.max_critique_tokens)):
-            if value is not None:
-                model.hparams[name] = value
-        if model.hparams.num_critiques > 1 and model.hparams.critique_temperature <= 0:
-            raise ConfigError("--num-critiques > 1 needs --temperature > 0")
+        overrides = {name: value for name, value in (
+            ("num_critiques", args.num_critiques), ("critique_temperature", args.temperature),
+            ("max_critique_tokens", args.max_critique_tokens)) if value is not None}
+        model = CriticRM.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True, **overrides)
+        model = model.to(args.device).eval()  # the overrides went through __init__'s checks
+        data = torch.load(args.ckpt, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters", {})
+        pt = PairTokenizer(model.tokenizer, data.get("use_chat_template"), data.get("system_prompt"))
         with torch.no_grad():
-            scored = score_rows(model, rows, args.batch_size)
+            scored = score_rows(model, rows, args.batch_size, pt)
     except (DataError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

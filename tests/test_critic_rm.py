@@ -179,13 +179,17 @@ def test_critique_lists_expand_and_overflow_policies(tmp_path: Path) -> None:
     long = "This critique goes on and on about every single letter of the response. " * 3 + "Score: 5/10"
     rows = [pair(0, chosen_critique=["Lowercase.\nScore: 9/10", "Fine.\nScore: 8/10", "Good.\nScore: 7/10"],
                  rejected_critique=["Capitals.\nScore: 2/10"]), pair(1, rejected_critique=long)]
-    dm = data(tmp_path, rows, max_critique_length=20)
+    with pytest.warns(UserWarning, match="train: 1 critiques were cut to max_critique_length"):
+        dm = data(tmp_path, rows, max_critique_length=20)
     train = dm.datasets["train"]
     assert len(train) == 4  # three critiques of the first chosen (rejected one cycled), one for the second pair
     tok = dm.tokenizer
     assert tok.decode(train[1].chosen.critique) == "Fine.\nScore: 8/10" + EOT
     assert train[0].rejected.critique == train[2].rejected.critique
     assert len(train[3].rejected.critique) == 20 and dm.stats["train"]["critique_truncated"] == 1
+    batch = collate_reward(train[3:], tok.pad_token_id, True)
+    assert batch["critique_mask"][1].sum() == 20  # the rejected row learns exactly the 20 kept critique tokens
+    assert batch["targets"][1][batch["critique_mask"][1]].tolist() == train[3].rejected.critique
     assert len(data(tmp_path, rows, max_critique_length=20, critique_overflow="drop").datasets["train"]) == 3
     with pytest.raises(DataError, match=r"train\.jsonl:2: rejected_critique has \d+ tokens, over max_critique_len"):
         data(tmp_path, rows, max_critique_length=20, critique_overflow="error")
@@ -232,7 +236,7 @@ def test_joint_and_plain_reward_models_learn_the_planted_feature(capsys: pytest.
     assert t_joint.global_step == t_plain.global_step
     assert acc_plain >= 0.9
     assert acc_joint >= 0.8  # chance is 0.5
-    assert float(t_joint.callback_metrics["val/loss"]) < 0.5  # critiques learned (starts near ln 4096 ~ 8.3)
+    assert float(t_joint.callback_metrics["val/loss/critique"]) < 1.0  # critique NLL (starts near ln 4096 ~ 8.3)
 
 
 # ----------------------------------------------------------------------------------------------------- CLI
@@ -317,8 +321,8 @@ def test_ddp_two_processes_sync_validation_accuracy(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    val_rows = [json.loads(line) for line in (REPO / "data/critic/val.jsonl").read_text().splitlines()[:8]]
-    val = write_jsonl(tmp_path / "val.jsonl", val_rows)  # 8 pairs: 4 per rank, no padding by the sampler
+    val_rows = [json.loads(line) for line in (REPO / "data/critic/val.jsonl").read_text().splitlines()[:6]]
+    val = write_jsonl(tmp_path / "val.jsonl", val_rows)  # 6 pairs: 3 per rank, no padding by the sampler
     args = [sys.executable, str(REPO / "train.py"), *cli_args(tmp_path, "--data.val_files", str(val),
             "--trainer.limit_val_batches", "1.0", "--trainer.max_steps", "2", "--trainer.devices", "2",
             "--trainer.strategy", "ddp", "--trainer.val_check_interval", "2", "--trainer.num_sanity_val_steps", "0",
@@ -333,8 +337,7 @@ def test_ddp_two_processes_sync_validation_accuracy(tmp_path: Path) -> None:
                           max_prompt_length=64, max_critique_length=48)
     single = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     (result,) = single.validate(model, dm, verbose=False)
-    assert logged == pytest.approx(result["val/accuracy"], abs=1e-6)
-    assert logged * 8 == pytest.approx(round(logged * 8))  # a fraction of all 8 pairs, not of one rank's 4
+    assert logged == pytest.approx(result["val/accuracy"], abs=1e-6)  # over all 6 pairs, as one process sees them
 
 
 def test_predict_returns_mean_and_per_critique_rewards(tmp_path: Path) -> None:
@@ -348,4 +351,78 @@ def test_predict_returns_mean_and_per_critique_rewards(tmp_path: Path) -> None:
     first = out[0]
     assert first["chosen_rewards"].shape == (2, 3) and len(first["rejected_critiques"][1]) == 3
     torch.testing.assert_close(first["chosen_reward"], first["chosen_rewards"].mean(-1))
-    assert len({tuple(c) for c in first["chosen_critiques"]}) == 2  # sampled critiques differ between rows
+    assert len(set(first["chosen_critiques"][0])) > 1  # m sampled critiques of one response differ
+
+
+# ------------------------------------------------------------------------------------ other chat templates
+# A template whose assistant turn closes with a token other than EOS, followed by a newline (as ChatML's
+# "<|im_end|>\n" or Gemma's "<end_of_turn>\n"): here <|end_header|> stands in for that closing token.
+OTHER_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header|>{{ m['role'] }}\n{{ m['content'] }}<|end_header|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header|>assistant\n{% endif %}"
+)
+
+
+def test_critique_ends_at_the_templates_end_of_turn_and_generation_stops_there(tmp_path: Path) -> None:
+    model = CriticRM(reward_head_hidden=8).eval()
+    model.tokenizer.chat_template = OTHER_TEMPLATE
+    end = model.tokenizer.convert_tokens_to_ids("<|end_header|>")
+    assert end != model.tokenizer.eos_token_id and end in model.stop_ids()
+    dm = RewardDataModule(train_files=str(write_jsonl(tmp_path / "t.jsonl", [pair(0), pair(1)])), batch_size=2)
+    trainer = Trainer(accelerator="cpu", logger=False, max_steps=0, enable_progress_bar=False)
+    trainer.fit(model, dm)  # attaches the datamodule to the model (its tokenizer and instruction)
+    ex = dm.datasets["train"][0]
+    assert ex.chosen.critique[-1] == end  # the trailing newline is not part of the critique
+    teacher = collate_reward([ex], model.tokenizer.pad_token_id, True)
+    with torch.no_grad():
+        hidden = model.hidden_states(teacher["input_ids"], teacher["attention_mask"], teacher["position_ids"])
+        expected = model.rewards(hidden, teacher["attention_mask"])  # (2,)
+    # generation that writes exactly the training critique, stops at the closing token and pads after it
+    requests = teacher["requests"]
+    critiques = [ex.chosen.critique, ex.rejected.critique]
+
+    def scripted_generate(input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        assert kwargs["eos_token_id"] == model.stop_ids()
+        width = max(len(c) for c in critiques) + 3
+        new = torch.full((len(critiques), width), model.tokenizer.pad_token_id)
+        for i, c in enumerate(critiques):
+            new[i, : len(c)] = torch.tensor(c)
+            new[i, len(c) : len(c) + 2] = torch.tensor([5, 6])  # junk after the stop token must be ignored
+        return torch.cat([input_ids, new], dim=1)
+
+    model.policy.generate = scripted_generate
+    rewards, texts = model.score_requests(requests)
+    torch.testing.assert_close(rewards.squeeze(-1), expected, atol=1e-5, rtol=1e-5)
+    assert texts[0] == [pair(0)["chosen_critique"]]
+
+
+# ----------------------------------------------------------------------------------------- bad settings
+def test_mismatched_modes_and_bad_settings_are_refused(tmp_path: Path) -> None:
+    dm = RewardDataModule(train_files=str(write_jsonl(tmp_path / "t.jsonl", [pair(0)])), with_critiques=False)
+    trainer = Trainer(accelerator="cpu", logger=False, max_steps=1, enable_progress_bar=False)
+    with pytest.raises(ConfigError, match="with_critiques=False but the model use_critiques=True"):
+        trainer.fit(CriticRM(), dm)
+    for kwargs in ({"critique_top_p": 0.0}, {"critique_temperature": -1.0}, {"centering": -0.5}):
+        with pytest.raises(ConfigError):
+            CriticRM(**kwargs)
+    with pytest.raises(ConfigError, match="critique_overflow"):
+        RewardDataModule(train_files="x.jsonl", critique_overflow="cut")  # type: ignore[arg-type]
+    with pytest.raises(DataError, match=r"train\.jsonl:1: field 'subset' must be a non-empty string"):
+        data(tmp_path, [pair(0, subset="")])
+
+
+def test_score_cli_refuses_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from lightning_modules.critic_rm_score import main as score_main
+
+    ckpt = tmp_path / "m.ckpt"
+    trainer = Trainer(accelerator="cpu", logger=False, max_steps=1, enable_progress_bar=False)
+    trainer.fit(CriticRM(), data(tmp_path, [pair(0), pair(1)], batch_size=2))
+    trainer.save_checkpoint(ckpt)
+    rows = write_jsonl(tmp_path / "in.jsonl", [pair(0)])
+    out = tmp_path / "out.jsonl"
+    for extra, message in ((["--num-critiques", "3"], "critique_temperature > 0"),
+                           (["--max-critique-tokens", "0"], "max_critique_tokens must be >= 1"),
+                           (["--batch-size", "0"], "batch_size must be >= 1")):
+        assert score_main(["--ckpt", str(ckpt), "--input", str(rows), "--out", str(out), *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert not out.exists()

@@ -18,6 +18,7 @@ from datamodules.critiques.pipeline import (
     CritiquePair,
     StatsTally,
     critique_pairs,
+    dropped_path,
     filter_critiques,
     read_pairs,
     stats_path,
@@ -227,8 +228,28 @@ def test_refine_none_keeps_consistent_critiques_and_drops_pairs() -> None:
         "pairs_dropped": {"inconsistent": 1, "no_parsed_critique": 1, "generation_failed": 0},
         "critiques_generated": 24, "critiques_parsed": 18, "critiques_unparseable": 6,
         "critiques_dropped_by_filter": 1, "critiques_kept": 5,
-        "summaries_fallback": 0, "judge_ratings_unparseable": 0, "refine": "none", "n": 4,
+        "summaries_fallback": 0, "summaries_inconsistent": 0, "judge_ratings_unparseable": 0, "refine": "none",
+        "n": 4,
     }
+    # the dropped pairs stay on record with every candidate critique, parseable or not
+    assert [(d["where"], d["critique_dropped"]) for d in tally.dropped_records] == [
+        ("in.jsonl:2", "inconsistent"), ("in.jsonl:3", "no_parsed_critique")]
+    assert tally.dropped_records[1]["candidates"] == {"chosen": CRITIQUES["good C"], "rejected": CRITIQUES["bad C"]}
+    assert tally.dropped_records[1]["scores"]["chosen"] == [None] * 4
+
+
+def test_summary_that_contradicts_the_label_falls_back() -> None:
+    # chosen mean 20/3, rejected mean 3 (see CRITIQUES["good A"], ["bad A"])
+    summaries = {"good A": "merged good\nScore: 3/10", "bad A": "merged bad\nScore: 7/10"}
+    records = critique_pairs([pair(0, "good A", "bad A")], Fixed(CRITIQUES, summaries), CritiqueConfig(refine="summ"))
+    (a,) = records
+    assert a["chosen_critique"] == "ca3\nScore: 9/10"  # 3 is not above the rejected mean 3: best kept chosen instead
+    assert a["rejected_critique"] == "ra2\nScore: 1/10"  # 7 is not below the chosen mean 6.67: lowest kept rejected
+    assert [a["critique_meta"][s]["summary_fallback_reason"] for s in ("chosen", "rejected")] == ["inconsistent"] * 2
+    tally = StatsTally()
+    tally(a)
+    stats = tally.summary(1, CritiqueConfig(refine="summ"))
+    assert (stats["summaries_fallback"], stats["summaries_inconsistent"]) == (2, 2)
 
 
 def test_refine_summ_with_fallback_and_failures() -> None:
@@ -388,9 +409,13 @@ def test_cli_end_to_end_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         "pairs_dropped": {"inconsistent": 1, "no_parsed_critique": 0, "generation_failed": 0},
         "critiques_generated": 80, "critiques_parsed": 69, "critiques_unparseable": 11,
         "critiques_dropped_by_filter": 14, "critiques_kept": 48,
-        "summaries_fallback": 2, "judge_ratings_unparseable": 0, "refine": "summ", "n": 4,
+        "summaries_fallback": 2, "summaries_inconsistent": 0, "judge_ratings_unparseable": 0, "refine": "summ",
+        "n": 4,
     }
     assert len(out_rows) == stats["pairs_kept"]
+    dropped = [json.loads(line) for line in dropped_path(whole).read_text().splitlines()]
+    assert [d["critique_dropped"] for d in dropped] == ["inconsistent"]
+    assert len(dropped[0]["candidates"]["chosen"]) == 4 and dropped[0]["pair"] in rows
     sides = [r["critique_meta"][side] for r in out_rows for side in ("chosen", "rejected")]
     assert sum(s["kept"] for s in sides) == 48 and sum(s["summary_fallback"] for s in sides) == 2
     assert sum(s["parsed"] - s["kept"] for s in sides) == 14

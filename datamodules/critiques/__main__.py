@@ -24,6 +24,7 @@ from datamodules.critiques.pipeline import (
     DEFAULT_CHUNK_SIZE,
     REFINE_METHODS,
     CritiqueConfig,
+    dropped_path,
     read_pairs,
     write_critiques,
 )
@@ -125,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(report.stats, indent=2))
     if run_report.failures:
         print(f"{run_report.failures} pairs failed; see {failures_path(run_report.out)}")
+    if sum(report.stats["pairs_dropped"].values()) > report.stats["pairs_dropped"]["generation_failed"]:
+        print(f"dropped pairs, with all their candidate critiques: {dropped_path(run_report.out)}")
     return 0
 
 

@@ -26,8 +26,10 @@ are carried through):
 
    - ``none``: every kept critique, in generation order;
    - ``summ``: the LLM merges a response's kept critiques into one (:data:`~.templates.SUMMARY_TEMPLATE`, also when
-     only one was kept, so every output critique has the same style); if the summary has no parseable score, the
-     *best* kept critique is used instead and counted (``summary_fallback``);
+     only one was kept, so every output critique has the same style); if the summary has no parseable score, or
+     its score breaks the filter's rule above (a chosen summary not above the rejected mean, a rejected one not
+     below the chosen mean), the *best* kept critique is used instead and counted (``summary_fallback``, with
+     ``summary_fallback_reason`` ``no_score`` or ``inconsistent``);
    - ``rank``: an LLM judge rates every kept critique (:data:`~.templates.JUDGE_TEMPLATE`, read with label
      ``Rating``); the ``top_k`` best are kept, best first: higher rating first, unparseable ratings last (and
      counted), ties broken by the critique's score, then by generation order.
@@ -46,12 +48,16 @@ datamodule as a string or a list of strings)::
      "critique_meta": {"refine": "none|summ|rank", "n": N, ("top_k": k, rank only)
                        "chosen": {"candidates": N, "parsed": p, "kept": m, "mean_score": float,
                                   "unparsed": [str, ...],
-                                  ("summary_fallback": bool, summ only) ("ratings": [float|None, ...], "unrated": u,
+                                  ("summary_fallback": bool, "summary_fallback_reason": None | "no_score" |
+                                   "inconsistent", summ only) ("ratings": [float|None, ...], "unrated": u,
                                   rank only: ratings aligned with the top-k list, unrated over all judged)},
                        "rejected": {...same...}}}
 
-Input field ``error`` is reserved (it marks failure records); input fields named like the output fields are
-overwritten. Pairs whose generation fails after ``retries`` further attempts, at any stage, go to
+Dropped pairs are written to ``<out>.dropped.jsonl`` (:func:`dropped_path`) as ``{"where", "critique_dropped":
+reason, "pair": the input row, "candidates": {side: [critique, ...]}, "scores": {side: [score or None, ...]}}``, so
+every generated critique, parseable or not, is on record. Input field ``error`` is reserved (it marks failure
+records); input fields named like the output fields are overwritten. Pairs whose generation fails after ``retries``
+further attempts, at any stage, go to
 ``<out>.failures.jsonl`` as ``{"where", "stage", "error", "attempts", "pair": the input row}``.
 
 Runs are resumable and atomic through :func:`datamodules.resumable.run_resumable` (chunks of
@@ -75,7 +81,7 @@ from datamodules.chat import Messages, messages_of, text_of
 from datamodules.critiques.parse import parse_score
 from datamodules.critiques.templates import Templates, format_critiques
 from datamodules.instruction_following.generation import GenerationFailure, Generator, generate_with_retries
-from datamodules.io import DataError, atomic_write_text
+from datamodules.io import DataError, atomic_write_text, jsonl_text
 from datamodules.records import iter_jsonl
 from datamodules.resumable import RunReport, failures_path, run_resumable
 
@@ -93,6 +99,7 @@ __all__ = [
     "StatsTally",
     "conversation_text",
     "critique_pairs",
+    "dropped_path",
     "failures_path",
     "filter_critiques",
     "pairs_fingerprint",
@@ -236,9 +243,18 @@ def filter_critiques(chosen: Sequence[str], rejected: Sequence[str]) -> FilterRe
         return FilterResult(c_scores, r_scores, [], [], c_mean, r_mean, "no_parsed_critique")
     if c_mean <= r_mean:
         return FilterResult(c_scores, r_scores, [], [], c_mean, r_mean, "inconsistent")
-    c_kept = [i for i, s in enumerate(c_scores) if s is not None and s > r_mean]
-    r_kept = [i for i, s in enumerate(r_scores) if s is not None and s < c_mean]
-    return FilterResult(c_scores, r_scores, c_kept, r_kept, c_mean, r_mean, None)
+    result = FilterResult(c_scores, r_scores, [], [], c_mean, r_mean, None)
+    for side in SIDES:
+        scores = result.scores(side)
+        result.kept(side).extend(i for i, s in enumerate(scores) if s is not None and _agrees(side, s, result))
+    return result
+
+
+def _agrees(side: str, score: float, result: FilterResult) -> bool:
+    """The filter's per-critique rule: a chosen score above the rejected mean, a rejected one below the chosen mean."""
+    if side == "chosen":
+        return score > (result.rejected_mean if result.rejected_mean is not None else float("-inf"))
+    return score < (result.chosen_mean if result.chosen_mean is not None else float("inf"))
 
 
 def _by_label(side: str, scores: Sequence[float | None], indices: Sequence[int]) -> list[int]:
@@ -305,12 +321,15 @@ def _summarise(pending: list[_Pending], generator: Generator, config: CritiqueCo
             continue
         summary = answer[0].strip()
         score = parse_score(summary)
-        fallback = score is None
-        if fallback:
+        reason = None if score is not None else "no_score"
+        if score is not None and not _agrees(side, score, p.result):
+            reason = "inconsistent"  # the summary's score contradicts the label: it would undo the filter
+        if reason is not None:
             best = _by_label(side, p.result.scores(side), p.result.kept(side))[0]
             summary, score = p.candidates[side][best], p.result.scores(side)[best]
         p.critique[side], p.scores[side] = summary, score
-        p.extra[side]["summary_fallback"] = fallback
+        p.extra[side]["summary_fallback"] = reason is not None
+        p.extra[side]["summary_fallback_reason"] = reason
     return failed
 
 
@@ -374,7 +393,9 @@ def critique_pairs(pairs: Sequence[CritiquePair], generator: Generator, config: 
         result = filter_critiques(candidates["chosen"], candidates["rejected"])
         if result.dropped is not None:
             meta = {**_meta_head(config), **{side: _side_meta(candidates[side], result, side, False) for side in SIDES}}
-            records[pair.index] = {"critique_dropped": result.dropped, "where": pair.where, "critique_meta": meta}
+            records[pair.index] = {"critique_dropped": result.dropped, "where": pair.where, "critique_meta": meta,
+                                   "pair": pair.row, "candidates": candidates,
+                                   "scores": {side: result.scores(side) for side in SIDES}}
             continue
         extra = {side: _side_meta(candidates[side], result, side, True) for side in SIDES}
         item = _Pending(pair, candidates, result, extra, {}, {})
@@ -410,6 +431,12 @@ def stats_path(out: str | Path) -> Path:
     return out.with_name(out.name + ".stats.json")
 
 
+def dropped_path(out: str | Path) -> Path:
+    """Where the pairs dropped by the filter are recorded with their candidate critiques: ``<out>.dropped.jsonl``."""
+    out = Path(out)
+    return out.with_name(out.name + ".dropped.jsonl")
+
+
 class StatsTally:
     """Counts every record of a run while it is assembled (``keep`` of ``run_resumable``); drops count records."""
 
@@ -417,7 +444,8 @@ class StatsTally:
         self.pairs_kept = 0
         self.dropped = dict.fromkeys(DROP_REASONS, 0)
         self.generated = self.parsed = self.filtered = self.kept = 0
-        self.fallbacks = self.unrated = 0
+        self.fallbacks = self.inconsistent_summaries = self.unrated = 0
+        self.dropped_records: list[dict[str, Any]] = []
 
     def __call__(self, record: dict[str, Any]) -> bool:
         if "error" in record:
@@ -427,13 +455,16 @@ class StatsTally:
         sides = [meta[side] for side in SIDES]
         self.generated += sum(s["candidates"] for s in sides)
         self.parsed += sum(s["parsed"] for s in sides)
-        if "chosen_critique" not in record:  # a count record of a dropped pair
+        if "chosen_critique" not in record:  # a dropped pair: counted, and kept for <out>.dropped.jsonl
             self.dropped[record["critique_dropped"]] += 1
+            self.dropped_records.append({k: record[k] for k in ("where", "critique_dropped", "pair", "candidates",
+                                                                  "scores")})
             return False
         self.pairs_kept += 1
         self.kept += sum(s["kept"] for s in sides)
         self.filtered += sum(s["parsed"] - s["kept"] for s in sides)
         self.fallbacks += sum(bool(s.get("summary_fallback")) for s in sides)
+        self.inconsistent_summaries += sum(s.get("summary_fallback_reason") == "inconsistent" for s in sides)
         self.unrated += sum(s.get("unrated", 0) for s in sides)
         return True
 
@@ -449,6 +480,7 @@ class StatsTally:
             "critiques_dropped_by_filter": self.filtered,
             "critiques_kept": self.kept,
             "summaries_fallback": self.fallbacks,
+            "summaries_inconsistent": self.inconsistent_summaries,
             "judge_ratings_unparseable": self.unrated,
             "refine": config.refine,
             "n": config.n,
@@ -485,6 +517,11 @@ def write_critiques(
         meta=settings, fingerprint=pairs_fingerprint(pairs), keep=tally,
     )
     stats = tally.summary(len(pairs), config)
+    dropped = dropped_path(out)
+    if tally.dropped_records:
+        atomic_write_text(dropped, jsonl_text(tally.dropped_records))
+    elif dropped.is_file():
+        dropped.unlink()
     path = stats_path(out)
     atomic_write_text(path, json.dumps(stats, indent=2) + "\n")
     return CritiqueReport(report, stats, path)
