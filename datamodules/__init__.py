@@ -1,7 +1,16 @@
 """DataModules of the suite; importing this package makes each selectable by name in train.py."""
 
+from datamodules.multitask import MultiTaskDataModule, TextTaskDataModule
 from datamodules.preference import PreferenceDataModule
+from datamodules.representations import RepresentationDataModule
 from datamodules.reward import RewardDataModule
 from datamodules.sft import SFTDataModule
 
-__all__ = ["PreferenceDataModule", "RewardDataModule", "SFTDataModule"]
+__all__ = [
+    "MultiTaskDataModule",
+    "PreferenceDataModule",
+    "RepresentationDataModule",
+    "RewardDataModule",
+    "SFTDataModule",
+    "TextTaskDataModule",
+]

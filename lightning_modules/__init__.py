@@ -2,6 +2,9 @@
 
 from lightning_modules.critic_rm import CriticRM
 from lightning_modules.dpo import DPO
+from lightning_modules.heads import DownstreamHead
+from lightning_modules.multitask import MultiTaskEncoder
+from lightning_modules.prefix_tuning import PrefixTuning
 from lightning_modules.sft import SFT
 
-__all__ = ["DPO", "SFT", "CriticRM"]
+__all__ = ["DPO", "SFT", "CriticRM", "DownstreamHead", "MultiTaskEncoder", "PrefixTuning"]
