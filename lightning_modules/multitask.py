@@ -56,9 +56,12 @@ class MultiTaskEncoder(LightningModule):
         check_model_name(backbone)
         self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
         self.encoder = build_encoder(backbone, dtype=dtype, trust_remote_code=trust_remote_code, seed=init_seed)
+        if getattr(self.encoder, "pooler", None) is not None:
+            self.encoder.pooler = None  # BERT's tanh pooler is not used (we pool hidden states): not trained, not DDP'd
         self.optim = OptimSpec(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=lr_schedule)
         self.heads = nn.ModuleDict()
         self.val_metrics = nn.ModuleDict()
+        self._task: str | None = None  # the task of the current training batch
         if tasks is not None:
             self._build_heads(tasks)
 
@@ -80,19 +83,27 @@ class MultiTaskEncoder(LightningModule):
         self.hparams["tasks"] = dict(tasks)  # saved in checkpoints: load_from_checkpoint rebuilds the heads
         self._build_heads(tasks)
 
-    def pooled(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, H)
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state  # (B, T, H)
         return pool(hidden, attention_mask, self.hparams.pooling)  # (B, H)
 
     def _out(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         task = batch["task"]
         if task not in self.heads:
             raise ConfigError(f"batch of task {task!r}, but the model has heads for {sorted(self.heads)}")
-        out = self.heads[task](self.pooled(batch["input_ids"], batch["attention_mask"]))  # (B, n)
+        pooled = self.pooled(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        out = self.heads[task](pooled)  # (B, n)
         if out.shape[-1] == 1:
             out = out.squeeze(-1)  # (B,): regression
-            return out, F.mse_loss(out, batch["labels"].float())
-        return out, F.cross_entropy(out, batch["labels"])
+            loss = F.mse_loss(out, batch["labels"].float())
+        else:
+            loss = F.cross_entropy(out, batch["labels"])
+        # The other tasks' heads join the graph with weight 0, so DDP's reducer sees every parameter used at every
+        # step; on_after_backward then drops their (zero) gradients so that AdamW leaves them alone.
+        idle = sum(p.sum() for name, head in self.heads.items() if name != task for p in head.parameters())
+        self._task = task
+        return out, loss + 0.0 * idle
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         _, loss = self._out(batch)
@@ -101,12 +112,19 @@ class MultiTaskEncoder(LightningModule):
         self.log(f"train/{batch['task']}/loss", loss, batch_size=b, sync_dist=True)
         return loss
 
+    def on_after_backward(self) -> None:
+        for name, head in self.heads.items():
+            if name != self._task:
+                for p in head.parameters():
+                    p.grad = None
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         out, loss = self._out(batch)
         task = batch["task"]
         metrics = self.val_metrics[task]
         metrics.update(out if out.ndim == 1 else out.argmax(-1), batch["labels"])
-        self.log(f"val/{task}/loss", loss, batch_size=batch["labels"].shape[0], add_dataloader_idx=False)
+        self.log(f"val/{task}/loss", loss, batch_size=batch["labels"].shape[0], add_dataloader_idx=False,
+                 sync_dist=True)
         self.log_dict({f"val/{task}/{k}": m for k, m in metrics.items()}, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> Any:

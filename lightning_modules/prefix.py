@@ -227,13 +227,19 @@ def stack_prefixes(prefixes: Sequence[Prefix], batch: int) -> tuple[Tensor, Tens
 def tokenize(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[Text], limit: int
 ) -> tuple[dict[str, Tensor], int]:
-    """Tokenise (pairs as pairs), truncate to ``limit`` tokens; also return how many texts were cut."""
-    firsts = [t[0] if isinstance(t, tuple) else t for t in texts]
-    seconds = [t[1] for t in texts] if texts and isinstance(texts[0], tuple) else None
-    full = tokenizer(firsts, seconds, verbose=False)["input_ids"]
-    cut = sum(len(ids) > limit for ids in full)
-    enc = tokenizer(firsts, seconds, truncation=True, max_length=limit, padding=True, return_tensors="pt")
-    return dict(enc), cut
+    """Token ids exactly as the text datamodules build them for training (:class:`~datamodules.multitask.TextEncoder`:
+    the tokenizer's own special tokens, or ``BOS a EOS [b EOS]``), cut to ``limit`` tokens and right-padded; also
+    return how many texts were cut."""
+    from datamodules.multitask import TextEncoder, TextExample, collate_text
+
+    encode_text = TextEncoder(tokenizer, limit)
+    examples = []
+    for text in texts:
+        ids, types = encode_text(*text) if isinstance(text, tuple) else encode_text(text)
+        examples.append(TextExample(ids, 0, types))
+    batch = collate_text(examples, tokenizer.pad_token_id, "classification")
+    batch.pop("labels")
+    return batch, encode_text.truncated
 
 
 @torch.no_grad()

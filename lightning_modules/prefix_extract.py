@@ -56,7 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--text-pair-field", default=None)
     p.add_argument("--label-field", default=None)
     p.add_argument("--out", required=True, help="output .safetensors or .parquet")
-    p.add_argument("--pooling", choices=["cls", "mean"], default="mean")
+    p.add_argument("--pooling", choices=["cls", "mean"], default=None,
+                   help="default: the pooling the prefixes were trained with (mean without prefixes)")
     p.add_argument("--combine", choices=["concat", "mean"], default="concat")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=None, help="cut texts to this many tokens (default: positions)")
@@ -196,6 +197,15 @@ def run(args: argparse.Namespace) -> str:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     texts, labels = read_inputs(load_records(args), args.text_field, args.text_pair_field, args.label_field)
     infos = resolve_prefixes(args)
+    trained = sorted({i.pooling for i in infos})
+    if args.pooling is None:
+        if len(trained) > 1:
+            raise ConfigError(f"the prefixes were trained with different poolings {trained}: choose one with --pooling")
+        args.pooling = trained[0] if trained else "mean"
+    elif trained and trained != [args.pooling]:
+        raise ConfigError(f"--pooling {args.pooling} differs from the pooling the prefixes were trained with {trained}")
+    if len({i.name for i in infos}) != len(infos):
+        raise ConfigError(f"--prefixes names a prefix twice: {[i.name for i in infos]}")
     encoder = build_encoder(args.backbone, seed=encoder_seed(args, infos))
     tokenizer = load_tokenizer(args.backbone)
     encoder_fp = model_fingerprint(encoder, args.backbone)

@@ -133,6 +133,14 @@ class PrefixTuning(LightningModule):
             self.val_metric.update(logits.argmax(-1), labels.long())
             self.log("val/acc", self.val_metric, prog_bar=True, batch_size=size)
 
+    def setup(self, stage: str) -> None:
+        """Refuse a datamodule whose task has another number of labels (before a cross-entropy index error)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        n = getattr(dm, "num_labels", None)
+        if isinstance(n, int) and n != self.hparams.num_labels:
+            raise ConfigError(f"the data has {n} labels (1 = regression) but the model num_labels="
+                              f"{self.hparams.num_labels}: set --model.num_labels {n}")
+
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
 

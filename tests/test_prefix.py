@@ -17,7 +17,7 @@ from transformers import DynamicCache
 
 from datamodules.io import ConfigError
 from lightning_modules.backbones import build_encoder, load_tokenizer, model_fingerprint
-from lightning_modules.prefix import Prefix, PrefixEncoder, PrefixShape, encode, extract, pool
+from lightning_modules.prefix import Prefix, PrefixEncoder, PrefixShape, encode, extract, pool, tokenize
 from lightning_modules.prefix_extract import main as extract_main
 from lightning_modules.prefix_registry import check_compatible, list_prefixes, load_prefix, save_prefix
 from lightning_modules.prefix_tuning import PrefixTuning
@@ -47,7 +47,7 @@ def make_prefixes(encoder, lengths=(3, 5, 8), seed=1) -> list[Prefix]:
 
 def test_prefix_changes_output_and_only_prefix_gets_gradients(tokenizer):
     encoder = build_encoder("tiny-bert", seed=0).eval().requires_grad_(False)
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    enc = tokenize(tokenizer, TEXTS, 512)[0]
     prefix = PrefixEncoder(PrefixShape.of(encoder), length=4)
     keys, values = prefix()
     assert keys.shape == (2, 4, 4, 16)  # (L, H, P, D) of tiny-bert
@@ -75,7 +75,7 @@ def test_materialize_equals_the_mlp_and_shifts_like_bert_cache(encoder, tokenize
     keys, values = prefix()
     frozen = prefix.materialize("x")
     assert torch.equal(frozen.keys, keys.detach()) and torch.equal(frozen.values, values.detach())
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    enc = tokenize(tokenizer, TEXTS, 512)[0]
     ours = encode(encoder, enc["input_ids"], enc["attention_mask"], frozen.keys, frozen.values)
     cache = DynamicCache(config=encoder.config)
     for layer in range(2):
@@ -95,7 +95,7 @@ def test_matches_peft_prefix_tuning(encoder, tokenizer):
         warnings.simplefilter("ignore")
         wrapped = peft.get_peft_model(model, peft.PrefixTuningConfig(task_type="FEATURE_EXTRACTION",
                                                                       num_virtual_tokens=4)).eval()
-        enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+        enc = tokenize(tokenizer, TEXTS, 512)[0]
         with torch.no_grad():
             ref = wrapped(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
             cache = wrapped.get_prompt(batch_size=1)
@@ -119,7 +119,7 @@ def test_batched_k_prefixes_equal_separate_passes(tokenizer, attention, pooling,
     assert batched.dtype == torch.float32
     torch.testing.assert_close(batched, want, atol=1e-5, rtol=0)
     # zero prefixes: the frozen encoder alone
-    enc = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    enc = tokenize(tokenizer, TEXTS, 512)[0]
     with torch.no_grad():
         plain = pool(encoder(**enc).last_hidden_state, enc["attention_mask"], pooling)
     torch.testing.assert_close(extract(encoder, tokenizer, TEXTS, [], pooling, combine), plain, atol=1e-5, rtol=0)
@@ -136,7 +136,7 @@ def test_truncation_at_positions_minus_prefix_with_one_warning(encoder, tokenize
     assert messages == ["3 of 4 texts were longer than 504 tokens and were truncated "
                         "(max_position_embeddings 512 - prefix length 8)"]
     assert out.shape == (4, 128) and torch.isfinite(out).all()
-    cut = tokenizer.decode(tokenizer(long)["input_ids"][:504])
+    cut = tokenizer.decode(tokenizer(long, add_special_tokens=False)["input_ids"][:502])  # 504 with BOS and EOS
     torch.testing.assert_close(out[0], extract(encoder, tokenizer, [cut], prefixes, "mean")[0], atol=1e-5, rtol=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing to cut: no warning
@@ -192,7 +192,7 @@ def word_task(n: int, seed: int) -> list[tuple[str, int]]:
 
 def loader(tokenizer, rows, batch_size: int, shuffle: bool = False) -> DataLoader:
     def collate(batch):
-        enc = tokenizer([r[0] for r in batch], padding=True, return_tensors="pt")
+        enc = tokenize(tokenizer, [r[0] for r in batch], 512)[0]
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                 "labels": torch.tensor([r[1] for r in batch])}
 
@@ -246,7 +246,7 @@ def test_prefix_tuning_learns_word_presence_and_registers(tmp_path, tokenizer):
     prefix, _ = load_prefix(tmp_path / "reg", "apple", encoder=model.encoder, backbone="tiny-bert",
                             encoder_fingerprint=model_fingerprint(model.encoder, "tiny-bert"))
     texts = [r[0] for r in word_task(6, 5)]
-    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    enc = tokenize(tokenizer, texts, 512)[0]
     with torch.no_grad():
         direct = model.eval().embed({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
     torch.testing.assert_close(extract(model.encoder, tokenizer, texts, [prefix], "mean"), direct, atol=1e-5, rtol=0)

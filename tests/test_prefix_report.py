@@ -113,3 +113,51 @@ def test_report_command_end_to_end(tmp_path: Path, suite: Path, capsys: pytest.C
     assert "| tgt_topic_neg | accuracy |" in (out / "report.md").read_text()
     assert report_main(["--manifest", str(tmp_path / "missing.json"), "--out", str(out)]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_extraction_sees_the_tokens_training_saw(suite: Path) -> None:
+    """The datamodule's batches (what a prefix trains on) and the extractor tokenise a text the same way."""
+    from datamodules.multitask import TextTaskDataModule
+    from lightning_modules.prefix import extract
+    from lightning_modules.prefix_tuning import PrefixTuning
+
+    model = PrefixTuning(task="src_topic", num_labels=5).eval()
+    dm = TextTaskDataModule(manifest=str(suite), task="src_topic", tokenizer="tiny-bert", batch_size=4, shuffle=False)
+    dm.setup()
+    batch = next(iter(dm.val_dataloader()))
+    texts = [json.loads(line)["text"] for line in (suite.parent / "src_topic" / "val.jsonl").read_text().splitlines()]
+    with torch.no_grad():
+        trained_view = model.embed(batch)  # (4, D)
+    torch.testing.assert_close(extract(model.encoder, model.tokenizer, texts[:4], [model.prefix.materialize()]),
+                               trained_view, atol=1e-5, rtol=0)
+
+
+def test_wrong_number_of_labels_is_refused_before_training(tmp_path: Path, suite: Path,
+                                                           capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["fit", "--config", str(REPO / "configs/prefix.yaml"), "--model.num_labels", "2",
+                    "--data.manifest", str(suite), "--trainer.default_root_dir", str(tmp_path),
+                    "--model.registry", str(tmp_path / "registry")])
+    assert exit_info.value.code == 2
+    assert "the data has 5 labels (1 = regression) but the model num_labels=2" in capsys.readouterr().err
+    assert not (tmp_path / "registry").exists()
+
+
+def test_multitask_encoder_trains_under_two_process_ddp(tmp_path: Path, suite: Path) -> None:
+    """Each step trains one task's head: plain DDP must still see every parameter used (no unused-parameter error)."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, str(REPO / "train.py"), "fit", "--model", "MultiTaskEncoder",
+            "--data", "MultiTaskDataModule",
+            "--data.manifest", str(suite), "--data.roles", "[source]", "--data.batch_size", "8",
+            "--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+            "--trainer.max_steps", "4", "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+            "--trainer.default_root_dir", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ckpt,) = tmp_path.rglob("*.ckpt")
+    model = MultiTaskEncoder.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+    assert sorted(model.heads) == ["src_count", "src_marked", "src_negation", "src_topic"]
