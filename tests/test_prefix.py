@@ -302,8 +302,11 @@ def test_extract_cli_end_to_end(tmp_path, encoder, tokenizer, capsys):
     stamp = out.stat().st_mtime_ns
     assert extract_main(args) == 0
     assert "reusing" in capsys.readouterr().out and out.stat().st_mtime_ns == stamp
-    assert extract_main(args[:-2] + ["--batch-size", "2", "--pooling", "cls"]) == 0  # other settings: recomputed
+    assert extract_main(args[:-2] + ["--batch-size", "2", "--combine", "mean"]) == 0  # other settings: recomputed
     assert "wrote" in capsys.readouterr().out
+    # a pooling other than the one the prefixes were trained with is refused
+    assert extract_main(args[:-2] + ["--batch-size", "2", "--pooling", "cls"]) == 2
+    assert "differs from the pooling the prefixes were trained with ['mean']" in capsys.readouterr().err
 
     # Parquet, float labels, one prefix, mean combine; and the no-prefix baseline
     import pyarrow.parquet as pq
