@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=5, help="timed rounds after a warm-up; best kept (default 5)")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of part 2 (default 2)")
     p.add_argument("--new-task", default="src_marked", help="the source task added in part 2 (default src_marked)")
+    p.add_argument("--device", default="cpu", help="device of part 1's extraction (cpu or cuda; default cpu)")
+    p.add_argument("--skip-update", action="store_true", help="run part 1 only")
     args = p.parse_args(argv)
     if min(args.k + [args.n_texts, args.batch_size, args.prefix_length, args.threads, args.repeats, args.epochs]) < 1:
         p.error("--k, --n-texts, --batch-size, --prefix-length, --threads, --repeats and --epochs must be >= 1")
@@ -117,8 +119,9 @@ def random_prefixes(encoder: Any, k: int, length: int, seed: int = 0) -> list[Pr
 
 
 def bench_extraction(backbone: str, texts: list[str], args: argparse.Namespace, summary: list[str]) -> None:
-    encoder, tok = build_encoder(backbone, seed=0).eval(), load_tokenizer(backbone)
-    prefixes, bs = random_prefixes(encoder, max(args.k), args.prefix_length), args.batch_size
+    encoder, tok = build_encoder(backbone, seed=0).eval().to(args.device), load_tokenizer(backbone)
+    prefixes, bs = random_prefixes(encoder.cpu(), max(args.k), args.prefix_length), args.batch_size
+    encoder.to(args.device)  # extract() returns CPU tensors, so each timed call ends synchronised
     sides = {
         "batched": lambda rows, k: extract(encoder, tok, rows, prefixes[:k], batch_size=bs),
         "sequential": lambda rows, k: torch.cat([extract(encoder, tok, rows, [p], batch_size=bs)
@@ -135,7 +138,8 @@ def bench_extraction(backbone: str, texts: list[str], args: argparse.Namespace, 
     header = (f"{'k':>3}{'batched t/s':>13}{'sequential t/s':>16}{'batched s':>11}{'sequential s':>14}"
               f"{'rows/pass':>11}{'max|diff|':>11}{'load':>6}{'ratio':>7}")
     print(f"\n{backbone} ({params / 1e6:.2f}M params, hidden {encoder.config.hidden_size}): {len(texts)} texts, "
-          f"batch {bs} texts, prefix length {args.prefix_length}, threads {args.threads} (ratio: sequential s / "
+          f"batch {bs} texts, prefix length {args.prefix_length}, threads {args.threads}, {args.device} (ratio: "
+          f"sequential s / "
           f"batched s; load: other programs' cores, both sides)\n{header}\n{'-' * len(header)}")
     for k in args.k:
         b, s = meters[(k, "batched")], meters[(k, "sequential")]
@@ -218,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     busy0, own0, t0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()  # for the outside-load verdict
     for backbone in dict.fromkeys(["tiny-bert", args.backbone]):
         bench_extraction(backbone, texts, args, summary)
-    bench_update(texts, args, summary)
+    if not args.skip_update:
+        bench_update(texts, args, summary)
     if torch.get_num_threads() != args.threads:
         print(f"warning: torch threads changed to {torch.get_num_threads()} during the run")
     wall, cores = time.perf_counter() - t0, os.cpu_count() or 1
