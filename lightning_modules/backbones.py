@@ -240,6 +240,11 @@ def is_peft(model: nn.Module) -> bool:
     return isinstance(model, PeftModel)
 
 
+def unwrap_peft(model: nn.Module) -> nn.Module:
+    """The Hugging Face model under a PEFT wrapper (the model itself when there is none)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
 def model_fingerprint(model: nn.Module, name: str) -> str:
     """sha256 over the name and every parameter's bytes: identifies the weights a cache was built with."""
     h = hashlib.sha256(name.encode())

@@ -28,8 +28,8 @@ from lightning_modules.backbones import (
     apply_lora,
     build_causal_lm,
     check_model_name,
-    is_peft,
     load_tokenizer,
+    unwrap_peft,
 )
 from lightning_modules.checkpointing import TrainableOnlyCheckpoints
 from lightning_modules.losses.reward import Schedule, critic_rm_loss
@@ -149,7 +149,7 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
 
     # ------------------------------------------------------------------------------------------------ network
     def _inner(self) -> nn.Module:
-        return self.policy.get_base_model() if is_peft(self.policy) else self.policy
+        return unwrap_peft(self.policy)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
         """Last-layer hidden states (N, T, H); positions from the mask when not given (left padding too)."""

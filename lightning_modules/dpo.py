@@ -22,8 +22,8 @@ from lightning_modules.backbones import (
     apply_lora,
     build_causal_lm,
     check_model_name,
-    is_peft,
     load_tokenizer,
+    unwrap_peft,
 )
 from lightning_modules.checkpointing import TrainableOnlyCheckpoints
 from lightning_modules.losses.dpo import LossType, dpo_loss
@@ -122,7 +122,7 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
     def sequence_logps(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Summed response log-probs of chosen and rejected, (B,) each, plus token counts and chosen NLL."""
         mask = self._attention_mask(batch, next(net.parameters()).dtype)
-        inner = net.get_base_model() if is_peft(net) else net
+        inner = unwrap_peft(net)
         decoder, head = inner.get_decoder(), inner.get_output_embeddings()
         hidden = decoder(
             input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False

@@ -21,8 +21,8 @@ from lightning_modules.backbones import (
     apply_lora,
     build_causal_lm,
     check_model_name,
-    is_peft,
     load_tokenizer,
+    unwrap_peft,
 )
 from lightning_modules.checkpointing import TrainableOnlyCheckpoints
 from lightning_modules.losses.sft import response_nll
@@ -71,7 +71,7 @@ class SFT(TrainableOnlyCheckpoints, LightningModule):
         self.val_nll = MeanMetric()
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        inner = self.policy.get_base_model() if is_peft(self.policy) else self.policy
+        inner = unwrap_peft(self.policy)
         hidden = inner.get_decoder()(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state  # (B, T, H)
