@@ -29,7 +29,6 @@ import argparse
 import json
 import logging
 import os
-import resource
 import sys
 import time
 import warnings
@@ -47,6 +46,8 @@ from lightning.pytorch import Trainer  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from cpu_load import machine_busy_seconds, own_cpu_seconds  # noqa: E402
+
 from datamodules.multitask import MultiTaskDataModule, TextTaskDataModule, manifest_tasks  # noqa: E402
 from lightning_modules.backbones import build_encoder, load_tokenizer  # noqa: E402
 from lightning_modules.multitask import MultiTaskEncoder  # noqa: E402
@@ -73,20 +74,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.k + [args.n_texts, args.batch_size, args.prefix_length, args.threads, args.repeats, args.epochs]) < 1:
         p.error("--k, --n-texts, --batch-size, --prefix-length, --threads, --repeats and --epochs must be >= 1")
     return args
-
-
-def machine_busy_seconds() -> float:
-    """Busy (incl. steal) CPU seconds of the whole machine so far, from /proc/stat (0 where unavailable)."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return 0.0
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    return sum(resource.getrusage(resource.RUSAGE_SELF)[:2])  # user + system
 
 
 class Meter:

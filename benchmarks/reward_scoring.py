@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import sys
 import time
 import warnings
@@ -40,6 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from cpu_load import machine_busy_seconds, own_cpu_seconds  # noqa: E402  (benchmarks/ is the script's folder)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,21 +56,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if min(args.m) < 1 or args.critique_tokens < 1 or args.batch_size < 1 or args.repeats < 1 or min(args.threads) < 1:
         p.error("--m, --critique-tokens, --batch-size, --repeats and --threads must be >= 1")
     return args
-
-
-def machine_busy_seconds() -> float:
-    """Busy (incl. steal) CPU seconds of the whole machine so far, from /proc/stat (0 where unavailable)."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in f.readline().split()[1:9])
-    except (OSError, ValueError):
-        return 0.0
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    me = resource.getrusage(resource.RUSAGE_SELF)
-    return me.ru_utime + me.ru_stime
 
 
 class Timed:
