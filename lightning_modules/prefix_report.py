@@ -37,7 +37,7 @@ from lightning_modules.backbones import UnknownModelError, build_encoder, load_t
 from lightning_modules.heads import DownstreamHead
 from lightning_modules.multitask import MultiTaskEncoder
 from lightning_modules.prefix import extract
-from lightning_modules.prefix_extract import write_output
+from lightning_modules.prefix_extract import read_inputs, write_output
 from lightning_modules.prefix_registry import load_prefix
 from lightning_modules.prefix_tuning import PrefixTuning
 
@@ -83,14 +83,12 @@ def train_multitask(args: argparse.Namespace, out: Path) -> tuple[MultiTaskEncod
 
 
 def _texts_and_labels(spec: TaskSpec, split: str) -> tuple[list[Any], torch.Tensor]:
+    """A split's texts (or pairs) and labels, read and checked as the extraction CLI reads them (file:line errors)."""
     records = spec.records(split)
     if not records:
         raise DataError(f"target task {spec.name!r} has no {split} split")
-    texts = [(row[spec.text_field], row[spec.text_pair_field]) if spec.text_pair_field else row[spec.text_field]
-             for row, _ in records]
-    labels = [row[spec.label_field] for row, _ in records]
-    dtype = torch.float32 if spec.task_type == "regression" else torch.long
-    return texts, torch.tensor(labels, dtype=dtype)
+    texts, labels = read_inputs(records, spec.text_field, spec.text_pair_field, spec.label_field)
+    return texts, labels.float() if spec.task_type == "regression" else labels
 
 
 def evaluate_target(args: argparse.Namespace, spec: TaskSpec, views: dict[str, tuple], folder: Path) -> dict[str, Any]:
