@@ -8,6 +8,9 @@
 from callbacks.generations import SampleGenerations
 from callbacks.ifeval import IFEvalCallback
 from callbacks.nan_guard import NonFiniteError, NonFiniteGuard
+from callbacks.rationale_html import RationaleHTML
 from callbacks.throughput import TokenThroughput
 
-__all__ = ["IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "SampleGenerations", "TokenThroughput"]
+__all__ = [
+    "IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "RationaleHTML", "SampleGenerations", "TokenThroughput",
+]

@@ -2,6 +2,7 @@
 
 from datamodules.multitask import MultiTaskDataModule, TextTaskDataModule
 from datamodules.preference import PreferenceDataModule
+from datamodules.rationale import RationaleDataModule
 from datamodules.representations import RepresentationDataModule
 from datamodules.reward import RewardDataModule
 from datamodules.sft import SFTDataModule
@@ -9,6 +10,7 @@ from datamodules.sft import SFTDataModule
 __all__ = [
     "MultiTaskDataModule",
     "PreferenceDataModule",
+    "RationaleDataModule",
     "RepresentationDataModule",
     "RewardDataModule",
     "SFTDataModule",

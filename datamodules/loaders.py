@@ -59,3 +59,40 @@ def resumable_train_loader(datamodule: Any, dataset: Dataset, shuffle: bool, see
         return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
     return ResumableDataLoader(dataset, sampler, progress, **kwargs)
+
+
+class SplitLoaders:
+    """DataModule mixin: the resumable training loader and plain evaluation loaders over ``self.datasets``.
+
+    The datamodule provides ``datasets`` (split -> examples), ``_collate()`` and the hyperparameters ``batch_size``,
+    ``eval_batch_size``, ``shuffle``, ``seed`` and ``num_workers``; an absent evaluation split gives no loader.
+    """
+
+    datasets: dict[str, Any]
+
+    def _collate(self) -> Callable[[list[Any]], Any]:
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        h = self.hparams  # type: ignore[attr-defined]
+        return resumable_train_loader(
+            self, self.datasets["train"], shuffle=h.shuffle, seed=h.seed, batch_size=h.batch_size,
+            collate_fn=self._collate(), num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
+        )
+
+    def _eval_loader(self, split: str) -> DataLoader | list:
+        if split not in self.datasets:
+            return []
+        h = self.hparams  # type: ignore[attr-defined]
+        return DataLoader(self.datasets[split], batch_size=h.eval_batch_size or h.batch_size,
+                          collate_fn=self._collate(), num_workers=h.num_workers)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> DataLoader | list:
+        """``train.py predict`` runs over the test split, else the validation split."""
+        return self._eval_loader("test" if "test" in self.datasets else "val")

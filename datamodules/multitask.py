@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.chat import TokenizerFromModule
 from datamodules.io import ConfigError, DataError
-from datamodules.loaders import ResumableDataLoader, resumable_train_loader
+from datamodules.loaders import ResumableDataLoader, SplitLoaders
 from datamodules.records import Record, as_list, read_file, read_hf_dataset
 
 TaskType = Literal["classification", "regression"]
@@ -344,7 +344,7 @@ def load_task(spec: TaskSpec, encoder: TextEncoder) -> LoadedTask:
 
 
 # ------------------------------------------------------------------------------------------ one task
-class TextTaskDataModule(TokenizerFromModule, LightningDataModule):
+class TextTaskDataModule(TokenizerFromModule, SplitLoaders, LightningDataModule):
     """One GLUE-style task: a text (or pair) and a class or score per row (batches in the module docstring).
 
     Args:
@@ -427,26 +427,6 @@ class TextTaskDataModule(TokenizerFromModule, LightningDataModule):
 
     def _collate(self) -> partial:
         return partial(collate_text, pad_id=self.tokenizer.pad_token_id, task_type=self.task_type)
-
-    def train_dataloader(self) -> DataLoader:
-        h = self.hparams
-        return resumable_train_loader(
-            self, self.datasets["train"], shuffle=h.shuffle, seed=h.seed, batch_size=h.batch_size,
-            collate_fn=self._collate(), num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
-        )
-
-    def _eval_loader(self, split: str) -> DataLoader | list:
-        if split not in self.datasets:
-            return []
-        h = self.hparams
-        return DataLoader(self.datasets[split], batch_size=h.eval_batch_size or h.batch_size,
-                          collate_fn=self._collate(), num_workers=h.num_workers)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._eval_loader("test")
 
 
 # ------------------------------------------------------------------------------------- several tasks

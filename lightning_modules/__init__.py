@@ -6,5 +6,6 @@ from lightning_modules.heads import DownstreamHead
 from lightning_modules.multitask import MultiTaskEncoder
 from lightning_modules.prefix_tuning import PrefixTuning
 from lightning_modules.sft import SFT
+from lightning_modules.unirex import UNIREX
 
-__all__ = ["DPO", "SFT", "CriticRM", "DownstreamHead", "MultiTaskEncoder", "PrefixTuning"]
+__all__ = ["DPO", "SFT", "CriticRM", "DownstreamHead", "MultiTaskEncoder", "PrefixTuning", "UNIREX"]

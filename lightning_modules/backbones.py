@@ -178,7 +178,7 @@ def build_causal_lm(
         if PRESETS[name][0] != "causal_lm":
             raise UnknownModelError(f"preset {name!r} is not a causal LM")
         config = _preset_config(name, load_tokenizer(name))
-        with _seeded(seed):
+        with seeded(seed):
             model = AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation)
         if torch_dtype not in (None, "auto"):
             model = model.to(torch_dtype)
@@ -201,7 +201,7 @@ def build_encoder(
     if source == "preset":
         if PRESETS[name][0] != "encoder":
             raise UnknownModelError(f"preset {name!r} is not an encoder")
-        with _seeded(seed):
+        with seeded(seed):
             model = AutoModel.from_config(_preset_config(name, load_tokenizer(name)))
     elif source == "hf":
         with _loading(name):
@@ -265,7 +265,7 @@ def _loading(name: str) -> Iterator[None]:
         raise UnknownModelError(f"cannot load model {name!r}: {e}") from e
 
 
-class _seeded:
+class seeded:
     """Seed the global RNG for a random init, then restore it, so presets are reproducible."""
 
     def __init__(self, seed: int | None) -> None:
