@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
+
+from lightning_modules.heads import eval_metrics
 
 AOPCNormalisation = Literal["eraser", "unirex"]
 
@@ -329,3 +331,29 @@ class IOUF1(_RowMetric):
     def recall(self) -> Tensor:
         """Macro recall over scored rows (all processes); 0.0 when nothing was scored."""
         return _synced(self, lambda: _ratio(self.recall_sum, self.scored).float())
+
+
+class RationaleMetrics(nn.Module):
+    """Task (accuracy, macro F1), faithfulness (AOPC) and plausibility metrics of one evaluation split (UNIREX)."""
+
+    def __init__(self, num_labels: int, num_bins: int, normalisation: str) -> None:
+        super().__init__()
+        self.task = eval_metrics("classification", num_labels)
+        self.comp_aopc = AOPC(num_bins, normalisation)
+        self.suff_aopc = AOPC(num_bins, normalisation)
+        self.auprc, self.token_f1, self.iou_f1 = RationaleAUPRC(), TokenF1(), IOUF1(0.5)
+
+    def compute(self) -> dict[str, Tensor]:
+        out = {k: v for k, v in self.task.compute().items()}
+        for name in ("comp_aopc", "suff_aopc", "auprc", "token_f1", "iou_f1"):
+            out[name] = getattr(self, name).compute()
+        return out
+
+    def per_bin(self, ks: list[float]) -> dict[str, float]:
+        """The mean probability drop of each k bin: ``comp_aopc/k=5`` -> value."""
+        return {f"{name}/k={k:g}": float(v) for name in ("comp_aopc", "suff_aopc")
+                for k, v in zip(ks, getattr(self, name).per_bin().tolist(), strict=True)}
+
+    def reset(self) -> None:
+        for m in self.children():
+            m.reset()

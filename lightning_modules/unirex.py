@@ -39,11 +39,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor, nn
+from torch import Tensor
 
 from datamodules.io import ConfigError, atomic_write_text
 from lightning_modules.backbones import Dtype, build_encoder, check_model_name, load_tokenizer, seeded
-from lightning_modules.heads import eval_metrics
 from lightning_modules.losses.rationale import (
     CompCriterion,
     SuffCriterion,
@@ -65,36 +64,10 @@ from lightning_modules.rationale import (
     gradient_attribution,
     to_words,
 )
-from lightning_modules.rationale_metrics import AOPC, IOUF1, RationaleAUPRC, TokenF1
+from lightning_modules.rationale_metrics import RationaleMetrics
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "candidate_mask", "rationale")
 DEFAULT_TOPK = [1.0, 5.0, 10.0, 20.0, 50.0]
-
-
-class RationaleMetrics(nn.Module):
-    """Task, faithfulness and plausibility metrics of one evaluation split."""
-
-    def __init__(self, num_labels: int, num_bins: int, normalisation: str) -> None:
-        super().__init__()
-        self.task = eval_metrics("classification", num_labels)
-        self.comp_aopc = AOPC(num_bins, normalisation)
-        self.suff_aopc = AOPC(num_bins, normalisation)
-        self.auprc, self.token_f1, self.iou_f1 = RationaleAUPRC(), TokenF1(), IOUF1(0.5)
-
-    def compute(self) -> dict[str, Tensor]:
-        out = {k: v for k, v in self.task.compute().items()}
-        for name in ("comp_aopc", "suff_aopc", "auprc", "token_f1", "iou_f1"):
-            out[name] = getattr(self, name).compute()
-        return out
-
-    def per_bin(self, ks: list[float]) -> dict[str, float]:
-        """The mean probability drop of each k bin: ``comp_aopc/k=5`` -> value."""
-        return {f"{name}/k={k:g}": float(v) for name in ("comp_aopc", "suff_aopc")
-                for k, v in zip(ks, getattr(self, name).per_bin().tolist(), strict=True)}
-
-    def reset(self) -> None:
-        for m in self.children():
-            m.reset()
 
 
 class UNIREX(LightningModule):
@@ -323,24 +296,21 @@ class UNIREX(LightningModule):
                          output_attentions=self.hparams.extractor == "attention")
 
     def _variant_logits(self, rows: dict[str, Tensor], masks: Tensor, batch_size: int) -> Tensor:
-        """Task logits of masked inputs: masks (V, N, T) -> (V, B, C), batched or one forward per k pair."""
+        """Task logits of masked inputs: masks (V, N, T) -> (V, B, C); V = 2K (comprehensiveness, then sufficiency).
+
+        ``batched_k``: every variant in one forward of V * N rows; otherwise one forward per k (its two variants).
+        """
         v, n, t = masks.shape
         types = rows.get("token_type_ids")
-        if self.hparams.batched_k:
-            chunks = [masks.reshape(v * n, t)]
-        else:  # one forward per k, comprehensiveness and sufficiency together
-            k = v // 2
-            chunks = [torch.cat([masks[i], masks[k + i]]) for i in range(k)]
-        outs = []
-        for chunk in chunks:
-            reps = chunk.shape[0] // n
-            out, _, _ = self.task(chunk.long(), input_ids=rows["input_ids"].repeat(reps, 1),
+        groups = [list(range(v))] if self.hparams.batched_k else [[i, v // 2 + i] for i in range(v // 2)]
+        outs: list[Tensor] = [masks.new_empty(0)] * v
+        for group in groups:
+            reps = len(group)
+            out, _, _ = self.task(masks[group].reshape(reps * n, t).long(), input_ids=rows["input_ids"].repeat(reps, 1),
                                   token_type_ids=None if types is None else types.repeat(reps, 1))
-            outs.append(out.view(reps, n, -1))
-        out = torch.cat(outs) if self.hparams.batched_k else torch.stack(outs)  # batched (V,..), loop (K, 2, ..)
-        if not self.hparams.batched_k:
-            out = out.transpose(0, 1).reshape(v, n, -1)
-        return self._logits(out, batch_size)
+            for j, variant in enumerate(group):
+                outs[variant] = out.view(reps, n, -1)[j]  # (N, out)
+        return self._logits(torch.stack(outs), batch_size)
 
     def _train_ks(self) -> list[float]:
         if not self.hparams.sample_k:
