@@ -23,12 +23,13 @@ the file) and the field:
 
 The train split is required, val / test are read when present (for MM-IMDB: its ids are listed).
 
-Labels: an int class index or a class name (single-label), or a list of class names or a 0/1 multi-hot list
-(multi-label; an int or a name there is a one-class set). ``multi_label=None`` infers multi-label when any training
-label is a list. Class names: ``labels`` if given, else ``0..max`` for int labels, else the sorted names seen in
-training (MM-IMDB: the sorted training genres). An unknown name raises, or with ``unknown_labels="ignore"`` (multi-
-label only) is dropped and counted. Rows may carry ``planted`` (``"image"`` / ``"text"`` / ``"both"``, or 0 / 1 /
-2: the modality that carries the label, :mod:`datamodules.multimodal_synthetic`) in every row of a split or none.
+Labels: an int class index or a class name (single-label), or a list of class names or a 0/1 multi-hot list (multi-
+label; an int or a name there is a one-class set). ``multi_label=None`` infers multi-label when any training label
+is a list. Class names: ``labels`` if given, else ``0..max`` for int labels, else the sorted names seen in training
+(MM-IMDB: the benchmark's 23 genres, :data:`MMIMDB_GENRES`, the rarer ones dropped and counted). An unknown name
+raises, or with ``unknown_labels="ignore"`` (multi-label only) is dropped and counted. Rows may carry ``planted``
+(``"image"`` / ``"text"`` / ``"both"``, or 0 / 1 / 2: the modality that carries the label,
+:mod:`datamodules.multimodal_synthetic`) in every row of a split or none.
 
 Images: PIL, converted to RGB, ``Resize((image_size, image_size))`` (square, aspect ratio not kept: our choice, so
 that batches stack), an optional random horizontal flip (training only, off by default), ``ToTensor`` and
@@ -80,6 +81,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 PLANTED_CODES = {"image": 0, "text": 1, "both": 2}
 HATEFUL_MEMES_FILES = {"train": "train.jsonl", "val": "dev_unseen.jsonl", "test": "test_unseen.jsonl"}
 SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]
+# The 23 genres of MM-IMDB's benchmark (Arevalo et al. 2017, "Gated Multimodal Units for Information Fusion"); the
+# per-movie files also name rarer IMDb genres (News, Adult, Talk-Show, ...), which the benchmark leaves out.
+MMIMDB_GENRES = [
+    "Action", "Adventure", "Animation", "Biography", "Comedy", "Crime", "Documentary", "Drama", "Family", "Fantasy",
+    "Film-Noir", "History", "Horror", "Music", "Musical", "Mystery", "Romance", "Sci-Fi", "Short", "Sport",
+    "Thriller", "War", "Western",
+]
 DATA_SPLIT = {"train": "train", "val": "dev", "test": "test"}  # our split -> MM-IMDB / SNLI-VE split name
 
 
@@ -568,21 +576,23 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
                            f"first: {bad[0]}")
         if not rows["train"]:
             raise DataError(f"{h.train_file or h.data_dir}: no training rows with a usable image")
-        default_labels = SNLI_VE_LABELS if h.format == "snli_ve" else None
+        default_labels = {"snli_ve": SNLI_VE_LABELS, "mmimdb": MMIMDB_GENRES}.get(h.format)
         names, multi = resolve_labels(rows["train"], h.labels or default_labels, h.multi_label)
+        # MM-IMDB with its benchmark genres: the rarer IMDb genres are dropped (counted), not an error
+        unknown = "ignore" if h.format == "mmimdb" and h.labels is None else h.unknown_labels
         encoder = TextEncoder(self.tokenizer, h.max_length)
         datasets, dropped = {}, 0
         for split, split_rows in rows.items():
             examples = []
             for r in split_rows:
-                label, lost = encode_label(r, names, multi, h.unknown_labels)
+                label, lost = encode_label(r, names, multi, unknown)
                 dropped += lost
                 ids, types = encoder(r.text)
                 examples.append(MultimodalExample(r.id, str(r.image), ids, types, label, r.planted, r.where))
             transform = build_transform(h.image_size, split == "train", h.image_mean, h.image_std, h.horizontal_flip)
             datasets[split] = MultimodalDataset(examples, transform)
         if dropped:
-            rank_zero_warn(f"dropped {dropped} unknown class names (unknown_labels='ignore'; classes: {names})")
+            rank_zero_warn(f"dropped {dropped} class names outside the classes {names}")
         if encoder.truncated:
             rank_zero_warn(f"{encoder.truncated} texts were cut to max_length={h.max_length}")
         self._label_names, self._multi_label, self._datasets = names, multi, datasets

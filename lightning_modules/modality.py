@@ -5,11 +5,11 @@ one KD term per modality in which *teacher and student both see only that modali
 input, and the same inputs give the teacher's saliency (how much its prediction moves when a modality is gone).
 How a modality is removed is one of the open choices:
 
-- image (:func:`remove_image`): ``zero`` sets ``pixel_values`` to 0, the dataset's mean image once normalised;
+- image (:func:`remove_image`): ``zero`` sets ``pixel_values`` to 0, the normalisation's mean colour;
   ``blank`` puts a constant white image through the normalisation (``(1 - mean) / std`` per channel).
-- text (:func:`remove_text`): ``empty`` keeps only the tokenizer's special tokens of each row (e.g. ``[CLS]
-  [SEP]`` or ``BOS EOS``), packed on the padding's far side, the rest padding and masked out, so nothing of the
-  text, not even its length, reaches the model; ``mask`` replaces every real non-special token by the mask token
+- text (:func:`remove_text`): ``empty`` turns each row into the encoding of an empty text (its leading and
+  trailing special tokens, e.g. ``[CLS] [SEP]`` or ``BOS EOS``, right-padded), so nothing of the text, not even
+  its length, reaches the model; ``mask`` replaces every real non-special token by the mask token
   (the unk token when there is none) and keeps the attention mask, so the length stays visible.
 
 Unknown and mask tokens stand for text, so they count as text here. The functions are pure: they return a new
@@ -25,11 +25,10 @@ import torch
 from torch import Tensor
 
 from datamodules.io import ConfigError
+from datamodules.multimodal import IMAGENET_MEAN, IMAGENET_STD  # the datamodule's defaults
 
 ImageMode = Literal["zero", "blank"]
 TextMode = Literal["empty", "mask"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def remove_image(
@@ -63,11 +62,13 @@ def _is_special(input_ids: Tensor, tokenizer: Any) -> Tensor:
 
 
 def remove_text(batch: dict[str, Any], mode: TextMode = "empty", tokenizer: Any = None) -> dict[str, Any]:
-    """The batch with every text removed: only special tokens (``empty``) or every text token masked (``mask``).
+    """The batch with every text removed: the encoding of an empty text (``empty``) or every text token masked
+    (``mask``, same length).
 
-    ``empty`` packs each row's real special tokens, in order, against the side away from the padding
-    (``tokenizer.padding_side``) with their ``token_type_ids``; a row without any keeps one attended CLS / BOS
-    token (an all-masked row is undefined for some attention kernels).
+    ``empty`` keeps each row's leading and trailing special tokens only ([CLS] [SEP], or BOS EOS: what the tokenizer
+    makes of an empty text; special tokens typed inside a text are text, and go), with their ``token_type_ids``,
+    right-padded whatever the input's padding side; a row without any keeps one attended CLS / BOS token (an
+    all-masked row is undefined for some attention kernels).
     """
     if tokenizer is None:
         raise ConfigError("remove_text needs the tokenizer that made the batch")
@@ -85,20 +86,20 @@ def remove_text(batch: dict[str, Any], mode: TextMode = "empty", tokenizer: Any 
         raise ConfigError(f"text removal mode must be 'empty' or 'mask', got {mode!r}")
 
     b, t = ids.shape
-    left = getattr(tokenizer, "padding_side", "right") == "left"
-    keep = special.clone()
-    if not bool(keep.any(-1).all()):  # rows with no special token: one stand-in token, attended
-        first = next((i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
-                                  tokenizer.pad_token_id) if i is not None), 0)
-        none = ~keep.any(-1)  # (B,)
-        ids = ids.clone()
-        ids[none, -1 if left else 0] = first
-        keep[none, -1 if left else 0] = True
-    # Stable sort moves kept tokens together in their order: to the front (right padding) or the back (left).
-    order = torch.sort((keep if left else ~keep).to(torch.int8), dim=-1, stable=True).indices  # (B, T)
-    count = keep.sum(-1, keepdim=True)  # (B, 1)
     pos = torch.arange(t, device=ids.device).expand(b, t)  # (B, T)
-    new_mask = pos >= t - count if left else pos < count  # (B, T)
+    first = torch.where(real, pos, t).min(-1, keepdim=True).values  # (B, 1) the first real position
+    last = torch.where(real, pos, -1).max(-1, keepdim=True).values  # (B, 1) the last real position
+    keep = special & ((pos == first) | (pos == last))  # (B, T)
+    none = ~keep.any(-1)  # (B,)
+    if bool(none.any()):  # rows with no special token: one stand-in token, attended
+        stand_in = next((i for i in (tokenizer.cls_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+                                     tokenizer.pad_token_id) if i is not None), 0)
+        ids = ids.clone()
+        ids[none, 0] = stand_in
+        keep[none, 0] = True
+    # A stable sort moves the kept tokens to the front, in their order.
+    order = torch.sort((~keep).to(torch.int8), dim=-1, stable=True).indices  # (B, T)
+    new_mask = pos < keep.sum(-1, keepdim=True)  # (B, T)
     out = {**batch, "attention_mask": new_mask.to(attention.dtype),
            "input_ids": ids.gather(1, order).masked_fill(~new_mask, tokenizer.pad_token_id)}
     if batch.get("token_type_ids") is not None:

@@ -45,10 +45,11 @@ class ImageEncoder(nn.Module):
     """A timm model without classifier: ``tokens`` (B, N, D_tok) and ``pooled`` (B, D) features of ``pixel_values``.
 
     ``img_size`` goes to models that take it (ViTs); others (CNNs) accept any size. One dry forward at build time
-    finds the widths and fails early, naming the model, when it cannot take ``image_size`` images.
+    finds the widths and fails early, naming the model, when it cannot take ``image_size`` images. ``tokens_only``
+    (cross-attention fusion) freezes the head parameters that the token path never uses.
     """
 
-    def __init__(self, name: str, image_size: int) -> None:
+    def __init__(self, name: str, image_size: int, tokens_only: bool = False) -> None:
         super().__init__()
         try:
             self.model = create_vision_backbone(name, pretrained=False, img_size=image_size)
@@ -65,6 +66,17 @@ class ImageEncoder(nn.Module):
         except RuntimeError as e:
             raise ConfigError(f"image backbone {name!r} cannot take {image_size}x{image_size} images: {e}") from e
         self.model.train(was_training)
+        if tokens_only and self.has_tokens:
+            self._freeze_unused_head(image_size)
+
+    def _freeze_unused_head(self, image_size: int) -> None:
+        """Only ``tokens`` is used (cross-attention): parameters that ``forward_features`` never reaches (a timm
+        head's norm or conv) get no gradient, which plain DDP refuses; they are frozen instead."""
+        self.tokens(torch.zeros(2, 3, image_size, image_size)).float().sum().backward()
+        for p in self.model.parameters():
+            if p.grad is None:
+                p.requires_grad_(False)
+            p.grad = None
 
     def _as_tokens(self, features: Tensor) -> Tensor:
         if features.ndim == 4:  # a feature map
@@ -146,7 +158,7 @@ class MultimodalNet(nn.Module):
               fusion: Fusion = "concat", hidden: int = 128, heads: int = 4, dropout: float = 0.1,
               text_pooling: Pooling = "cls", trust_remote_code: bool = False, seed: int = 0) -> MultimodalNet:
         with seeded(seed):
-            image = ImageEncoder(image_backbone, image_size)
+            image = ImageEncoder(image_backbone, image_size, tokens_only=fusion == "cross_attention")
             text = TextEncoder(text_backbone, text_pooling, trust_remote_code, seed=seed + 1)
             return cls(image, text, num_labels, fusion, hidden, heads, dropout)
 
@@ -200,7 +212,8 @@ class MultimodalClassifier(LightningModule):
         text_pooling: the text's first token (``cls``; needs a CLS or BOS token) or its mean over the mask.
         dropout: in the fusion and before the head.
         num_labels, multi_label: None = the datamodule's ``num_labels`` / ``multi_label`` at setup (then saved in
-            the hyperparameters, so ``load_from_checkpoint`` rebuilds the head); ``multi_label`` None = False.
+            the hyperparameters, so ``load_from_checkpoint`` rebuilds the head); ``multi_label`` None = the
+            datamodule's, or False without one.
         lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
         init_seed: seeds the whole build.
     """
@@ -233,6 +246,7 @@ class MultimodalClassifier(LightningModule):
                               "has no CLS or BOS token: use text_pooling='mean'")
         self.optim = OptimSpec(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=lr_schedule)
         self.net: MultimodalNet | None = None
+        self._follow_data = multi_label is None  # built single-label until a datamodule says otherwise
         if num_labels is not None:
             self._build(num_labels, bool(multi_label))
 
@@ -275,15 +289,24 @@ class MultimodalClassifier(LightningModule):
         if size is not None and size != h.image_size:
             raise ConfigError(f"the datamodule makes {size}x{size} images, the model is built for image_size="
                               f"{h.image_size}: set both to one size")
+        if self._follow_data and found["multi_label"] is not None and self.net is not None \
+                and found["multi_label"] != h.multi_label:
+            self.net = None  # num_labels was given, multi_label was not: follow the data's
+            h.multi_label = None
         for key, value in found.items():
             if value is not None and h[key] is not None and value != h[key]:
                 raise ConfigError(f"MultimodalClassifier has {key}={h[key]!r} but the datamodule gives {value!r} "
                                   "(leave it unset to follow the data)")
+        tok = getattr(dm, "tokenizer", None)
+        if tok is not None and tok is not self.tokenizer and tok.get_vocab() != self.tokenizer.get_vocab():
+            raise ConfigError(f"the datamodule's tokenizer is not {h.text_backbone!r}'s (another vocabulary): leave "
+                              "data.tokenizer unset to use the model's")
         if self.net is not None:
             return
-        if found["num_labels"] is None:
+        num_labels = h.num_labels if h.num_labels is not None else found["num_labels"]
+        if num_labels is None:
             raise ConfigError("MultimodalClassifier needs num_labels, or a datamodule with `num_labels`")
-        self._build(int(found["num_labels"]), bool(found["multi_label"] if h.multi_label is None else h.multi_label))
+        self._build(int(num_labels), bool(found["multi_label"] if h.multi_label is None else h.multi_label))
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]) -> Tensor:

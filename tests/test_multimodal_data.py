@@ -17,6 +17,7 @@ from transformers import BertTokenizerFast
 from datamodules import multimodal_synthetic as synth
 from datamodules.io import ConfigError, DataError
 from datamodules.multimodal import (
+    MMIMDB_GENRES,
     MultimodalDataModule,
     collate_multimodal,
     read_jsonl,
@@ -147,17 +148,24 @@ def test_mmimdb_multi_hot_labels(tmp_path: Path) -> None:
     assert [(r.id, r.text, r.label) for r in rows][0] == ("0001", "A heist.", ["Drama", "Crime"])
     assert read_mmimdb(folder, "train", plot="join")[0].text == "A heist. Longer plot."
     dm = dm_of(format="mmimdb", data_dir=str(folder))
-    assert dm.multi_label and dm.label_names == ["Crime", "Drama", "Romance", "Sci-Fi"]  # sorted training genres
+    assert dm.multi_label and dm.label_names == MMIMDB_GENRES and len(MMIMDB_GENRES) == 23  # the benchmark's genres
     batch = next(iter(dm.val_dataloader()))
-    assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [[0.0, 1.0, 1.0, 0.0]]
+    assert batch["labels"].dtype == torch.float32 and batch["labels"].shape == (1, 23)
+    assert [MMIMDB_GENRES[i] for i in batch["labels"][0].nonzero().flatten().tolist()] == ["Drama", "Romance"]
     assert len(dm.datasets["test"]) == 0
+    (folder / "dataset" / "0001.json").write_text(json.dumps({"plot": ["A heist."], "genres": ["Drama", "News"]}))
+    with pytest.warns(UserWarning, match="dropped 1 class names outside"):  # a rarer IMDb genre: dropped, counted
+        dm = dm_of(format="mmimdb", data_dir=str(folder))
+    # with classes of one's own, an unknown genre is an error naming the file and field, unless ignored
     (folder / "split.json").write_text(json.dumps({"train": ["0001", "0002"], "dev": ["0004"]}))
+    own = ["Crime", "Drama", "News", "Sci-Fi"]
     with pytest.raises(DataError, match=r"dataset/0004\.json: field 'genres': unknown class 'Horror'"):
-        dm_of(format="mmimdb", data_dir=str(folder))
-    with pytest.warns(UserWarning, match="dropped 1 unknown class names"):
-        dm = dm_of(format="mmimdb", data_dir=str(folder), unknown_labels="ignore")
-    assert dm.datasets["val"].examples[0].label == [0, 0, 0]
-    dm = dm_of(format="mmimdb", data_dir=str(folder), labels=["Crime", "Drama", "Horror", "Sci-Fi"])
+        dm_of(format="mmimdb", data_dir=str(folder), labels=own)
+    with pytest.warns(UserWarning, match="dropped 1 class names outside"):
+        dm = dm_of(format="mmimdb", data_dir=str(folder), labels=own, unknown_labels="ignore")
+    assert dm.datasets["val"].examples[0].label == [0, 0, 0, 0]
+    dm = dm_of(format="mmimdb", data_dir=str(folder), labels=["Crime", "Drama", "Horror", "Sci-Fi"],
+               unknown_labels="ignore")
     assert dm.datasets["val"].examples[0].label == [0, 0, 1, 0]
     (folder / "dataset" / "0002.json").write_text(json.dumps({"plot": [], "genres": ["Sci-Fi"]}))
     with pytest.raises(DataError, match=r"dataset/0002\.json: field 'plot' must be a non-empty list"):

@@ -156,13 +156,17 @@ def test_remove_text_empty_keeps_only_special_tokens():
     assert (out["attention_mask"][:, :2] == 1).all() and (out["attention_mask"][:, 2:] == 0).all()
     assert (out["token_type_ids"][:, :2] == 1).all() and (out["token_type_ids"][:, 2:] == 0).all()
     assert set(special_token_ids(tok)) == {PAD, BOS, EOS}
-    # left padding: the special tokens go to the right end; a row without any keeps one attended BOS
-    tok.padding_side = "left"
+    # a left-padded input comes out right-padded; a row without any special token keeps one attended BOS
     left = {"input_ids": torch.tensor([[PAD, PAD, BOS, 7, 8, EOS], [9, 10, 11, 12, 13, 14]]),
             "attention_mask": torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])}
     out = remove_text(left, "empty", tok)
-    assert out["input_ids"].tolist() == [[PAD] * 4 + [BOS, EOS], [PAD] * 5 + [BOS]]
-    assert out["attention_mask"].tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 0, 0, 1]]
+    assert out["input_ids"].tolist() == [[BOS, EOS] + [PAD] * 4, [BOS] + [PAD] * 5]
+    assert out["attention_mask"].tolist() == [[1, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]
+    # special tokens typed inside a text are text: every row becomes the same empty encoding
+    typed = {"input_ids": torch.tensor([[BOS, 7, EOS, 8, BOS, 9, EOS], [BOS, 7, EOS, PAD, PAD, PAD, PAD]]),
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0]])}
+    out = remove_text(typed, "empty", tok)
+    assert out["input_ids"][0].tolist() == out["input_ids"][1].tolist() == [BOS, EOS] + [PAD] * 5
 
 
 def test_remove_text_mask_keeps_length_and_specials():
@@ -282,3 +286,28 @@ def test_teacher_config_through_train_py(tmp_path):
     metrics = cli.trainer.callback_metrics
     assert {"test/accuracy", "test/auroc", "test/f1_macro"} <= set(metrics)
     assert 0.0 <= float(metrics["test/auroc"]) <= 1.0
+
+
+@pytest.mark.parametrize("fusion", ["concat", "cross_attention"])
+def test_every_trainable_parameter_gets_a_gradient(fusion):
+    """Plain DDP refuses parameters without a gradient: with a CNN whose timm head has a norm, cross-attention
+    (which reads the feature map, not the head) freezes that norm instead of leaving it unused."""
+    from lightning_modules.multimodal import MultimodalNet
+
+    net = MultimodalNet.build("timm:convnext_atto", "tiny-bert", 2, image_size=32, fusion=fusion, hidden=32, heads=4)
+    batch = make_batch(4)
+    batch["pixel_values"] = torch.randn(4, 3, 32, 32)
+    net(batch).sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert (frozen != []) == (fusion == "cross_attention")
+
+
+def test_num_labels_given_multi_label_left_to_the_data(tmp_path):
+    """num_labels without multi_label: a multi-label datamodule rebuilds the model as multi-label (no false error)."""
+    model = MultimodalClassifier(num_labels=3)
+    assert model.hparams.multi_label is False  # usable on its own
+    model.trainer = type("T", (), {"datamodule": type("D", (), {"num_labels": 3, "multi_label": True})()})()
+    model.setup("fit")
+    assert model.hparams.multi_label is True and model.net.head.out_features == 3
