@@ -68,10 +68,8 @@ class SplitLoaders:
     ``eval_batch_size``, ``shuffle``, ``seed`` and ``num_workers``; an absent evaluation split gives no loader.
     """
 
-    datasets: dict[str, Any]
-
-    def _collate(self) -> Callable[[list[Any]], Any]:
-        raise NotImplementedError
+    datasets: dict[str, Any]  # split -> examples, from the datamodule
+    _collate: Callable[[], Callable[[list[Any]], Any]]  # the datamodule's method returning its collate function
 
     def train_dataloader(self) -> DataLoader:
         h = self.hparams  # type: ignore[attr-defined]

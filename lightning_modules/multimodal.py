@@ -35,7 +35,7 @@ from datamodules.io import ConfigError
 from lightning_modules.backbones import build_encoder, check_model_name, create_vision_backbone, load_tokenizer, seeded
 from lightning_modules.losses.distill import task_loss
 from lightning_modules.optim import OptimSpec, configure_adamw
-from lightning_modules.prefix import pool
+from lightning_modules.prefix import check_first_token_pooling, pool
 
 Fusion = Literal["concat", "cross_attention"]
 Pooling = Literal["cls", "mean"]
@@ -241,9 +241,7 @@ class MultimodalClassifier(LightningModule):
         self.save_hyperparameters()
         self._check_args()
         self.tokenizer = load_tokenizer(text_backbone, trust_remote_code=trust_remote_code)
-        if text_pooling == "cls" and self.tokenizer.cls_token_id is None and self.tokenizer.bos_token_id is None:
-            raise ConfigError(f"text_pooling='cls' reads the first token, but the tokenizer of {text_backbone!r} "
-                              "has no CLS or BOS token: use text_pooling='mean'")
+        check_first_token_pooling(self.tokenizer, text_pooling, text_backbone, "text_pooling")
         self.optim = OptimSpec(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=lr_schedule)
         self.net: MultimodalNet | None = None
         self._follow_data = multi_label is None  # built single-label until a datamodule says otherwise

@@ -199,6 +199,14 @@ def pool(hidden: Tensor, attention_mask: Tensor, pooling: Pooling) -> Tensor:
     raise ConfigError(f"pooling must be 'cls' or 'mean', got {pooling!r}")
 
 
+def check_first_token_pooling(tokenizer: PreTrainedTokenizerBase, pooling: str, model: str, option: str) -> None:
+    """``cls`` pooling reads position 0, which must be a [CLS] or BOS token (never text that could be masked or cut):
+    a :class:`ConfigError` naming ``option`` otherwise."""
+    if pooling == "cls" and tokenizer.cls_token_id is None and tokenizer.bos_token_id is None:
+        raise ConfigError(f"{option}='cls' reads the first token, but the tokenizer of {model!r} adds no [CLS] or "
+                          f"BOS token: use {option}='mean'")
+
+
 def warn_truncated(count: int, total: int, limit: int, reason: str) -> None:
     """One warning for a whole call, with the number of texts cut."""
     if count:

@@ -54,6 +54,7 @@ from lightning_modules.losses.rationale import (
     topk_masks,
 )
 from lightning_modules.optim import OptimSpec, configure_adamw
+from lightning_modules.prefix import check_first_token_pooling
 from lightning_modules.rationale import (
     GRADIENT_METHODS,
     ExtractorKind,
@@ -142,7 +143,7 @@ class UNIREX(LightningModule):
         self._check_args()
         check_model_name(backbone)
         self.tokenizer = load_tokenizer(backbone, trust_remote_code=trust_remote_code)
-        self._check_tokenizer()
+        check_first_token_pooling(self.tokenizer, pooling, backbone, "pooling")
         self.optim = OptimSpec(lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps, schedule=lr_schedule)
         self.task: TaskModel | None = None
         self.scorer: TokenScorer | None = None
@@ -171,13 +172,6 @@ class UNIREX(LightningModule):
             raise ConfigError("comp_margin and suff_margin must be >= 0")
         if h.ig_steps < 1:
             raise ConfigError(f"ig_steps must be >= 1, got {h.ig_steps}")
-
-    def _check_tokenizer(self) -> None:
-        tok = self.tokenizer
-        if self.hparams.pooling == "cls" and tok.cls_token_id is None and tok.bos_token_id is None:
-            raise ConfigError(f"pooling='cls' reads the first token, but the tokenizer of {self.hparams.backbone!r} "
-                              "adds no [CLS] or BOS token (a document token there could be masked out): use "
-                              "pooling='mean'")
 
     def _build(self, num_labels: int, multiple_choice: bool) -> None:
         h = self.hparams
@@ -392,7 +386,7 @@ class UNIREX(LightningModule):
 
         # plausibility: on each example's row (multiple choice: the predicted option's), per word or per subword
         sel = torch.arange(b, device=pred.device) * (n // b) + (pred if self.multiple_choice else 0)
-        view = {k: rows[k][sel] for k in ("input_ids", "attention_mask", "rationale", "candidate_mask")}
+        view = {key: rows[key][sel] for key in ("input_ids", "attention_mask", "rationale", "candidate_mask")}
         view["scores"] = scores[sel]  # (B, T) each
         view["hard"] = self._hard_rationale(view["scores"], view["candidate_mask"])
         values, gold, hard, scored = view["scores"], view["rationale"], view["hard"], view["candidate_mask"]

@@ -202,3 +202,15 @@ def test_to_words_takes_each_words_best_subword_and_marks_absent_words():
     assert present.tolist() == [[True, True, True, False], [True, True, False, True]]
     hard = torch.tensor([[0, 1, 0, 0, 0, 1, 0], [0, 0, 0, 1, 0, 0, 0]]).bool()
     assert to_words(hard, word_ids)[0].bool().tolist() == [[True, False, False, False], [False, True, False, False]]
+
+
+def test_first_token_pooling_needs_a_cls_or_bos_token():
+    from types import SimpleNamespace
+
+    from lightning_modules.prefix import check_first_token_pooling
+
+    bare = SimpleNamespace(cls_token_id=None, bos_token_id=None)
+    with pytest.raises(ValueError, match="pooling='cls' reads the first token.*use pooling='mean'"):
+        check_first_token_pooling(bare, "cls", "m", "pooling")
+    check_first_token_pooling(bare, "mean", "m", "pooling")  # mean pooling needs no first token
+    check_first_token_pooling(SimpleNamespace(cls_token_id=None, bos_token_id=1), "cls", "m", "pooling")
