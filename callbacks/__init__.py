@@ -5,6 +5,7 @@
         --trainer.callbacks+=NonFiniteGuard
 """
 
+from callbacks.export_model import ExportModel
 from callbacks.generations import SampleGenerations
 from callbacks.ifeval import IFEvalCallback
 from callbacks.nan_guard import NonFiniteError, NonFiniteGuard
@@ -12,5 +13,5 @@ from callbacks.rationale_html import RationaleHTML
 from callbacks.throughput import TokenThroughput
 
 __all__ = [
-    "IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "RationaleHTML", "SampleGenerations", "TokenThroughput",
+    "ExportModel", "IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "RationaleHTML", "SampleGenerations", "TokenThroughput",
 ]

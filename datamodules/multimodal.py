@@ -50,11 +50,13 @@ Batches (right padding with ``tok.pad_token_id``)::
     token_type_ids  int64   (B, T)     only when the tokenizer makes them
     labels          int64   (B,)       single-label; float32 (B, L) multi-hot for multi-label
     ids             list[str]
+    index           int64   (B,)       each row's position in its split as read (keys MSD's teacher-output cache)
     planted         int64   (B,)       only when rows carry ``planted``: 0 image, 1 text, 2 both
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -65,7 +67,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
 
 from datamodules.chat import TokenizerFromModule
@@ -108,11 +110,13 @@ class MultimodalExample(NamedTuple):
 
     id: str
     image: str
+    text: str
     input_ids: list[int]  # (T_i,)
     token_type_ids: list[int] | None  # (T_i,), only when the tokenizer makes them
     label: int | list[int]  # class index, or multi-hot (L,)
     planted: int | None
     where: str
+    index: int  # position in its split as read (the training split before any held-out rows are taken out)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -420,6 +424,7 @@ def collate_multimodal(items: Sequence[tuple[torch.Tensor, MultimodalExample]], 
         batch["token_type_ids"] = types
     batch["labels"] = labels
     batch["ids"] = [e.id for e in examples]
+    batch["index"] = torch.tensor([e.index for e in examples], dtype=torch.long)  # (B,)
     if examples[0].planted is not None:
         batch["planted"] = torch.tensor([e.planted for e in examples], dtype=torch.long)  # (B,)
     return batch
@@ -443,6 +448,8 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         bad_images: ``error`` (check files exist at setup, raise on a broken one when loaded) or ``skip`` (decode all
             at setup, drop rows with missing or broken images, counted in ``skipped``).
         max_length: tokens per text, special tokens included.
+        heldout_fraction: a seeded share of the training rows set aside as split ``heldout`` (not trained on; MSD's
+            learned weights are fitted on it, :meth:`heldout_dataloader`).
         tokenizer: model name whose tokenizer to use; None takes the LightningModule's ``.tokenizer``.
 
     After ``setup``: ``num_labels``, ``label_names``, ``multi_label``, ``datasets`` (split ->
@@ -471,6 +478,7 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         horizontal_flip: bool = False,
         bad_images: Literal["error", "skip"] = "error",
         max_length: int = 64,
+        heldout_fraction: float = 0.0,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
         tokenizer: str | None = None,
@@ -501,6 +509,8 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
             raise ConfigError("image_size must be >= 1; image_mean / image_std need 3 values, std > 0")
         if max_length < 4:
             raise ConfigError(f"max_length must be >= 4, got {max_length}")
+        if not 0.0 <= heldout_fraction < 1.0:
+            raise ConfigError(f"heldout_fraction must be in [0, 1), got {heldout_fraction}")
         if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
             raise ConfigError("batch_size and eval_batch_size must be >= 1")
         self._datasets: dict[str, MultimodalDataset] | None = None
@@ -584,18 +594,70 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         datasets, dropped = {}, 0
         for split, split_rows in rows.items():
             examples = []
-            for r in split_rows:
+            for i, r in enumerate(split_rows):
                 label, lost = encode_label(r, names, multi, unknown)
                 dropped += lost
                 ids, types = encoder(r.text)
-                examples.append(MultimodalExample(r.id, str(r.image), ids, types, label, r.planted, r.where))
+                examples.append(MultimodalExample(r.id, str(r.image), r.text, ids, types, label, r.planted, r.where, i))
             transform = build_transform(h.image_size, split == "train", h.image_mean, h.image_std, h.horizontal_flip)
             datasets[split] = MultimodalDataset(examples, transform)
+        if h.heldout_fraction > 0:
+            datasets["train"], datasets["heldout"] = self._hold_out(datasets["train"].examples, h.heldout_fraction)
         if dropped:
             rank_zero_warn(f"dropped {dropped} class names outside the classes {names}")
         if encoder.truncated:
             rank_zero_warn(f"{encoder.truncated} texts were cut to max_length={h.max_length}")
         self._label_names, self._multi_label, self._datasets = names, multi, datasets
+
+    def _hold_out(self, examples: list[MultimodalExample], fraction: float) -> tuple[MultimodalDataset, ...]:
+        """(train, heldout): a seeded ``fraction`` of the training rows (at least one, never all) set aside."""
+        n = len(examples)
+        k = min(n - 1, max(1, round(fraction * n)))
+        if k < 1:
+            raise DataError(f"{self.hparams.train_file or self.hparams.data_dir}: heldout_fraction needs at least 2 "
+                            f"training rows, got {n}")
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
+        held = set(order[:k])
+        train_tf = build_transform(self.hparams.image_size, True, self.hparams.image_mean, self.hparams.image_std,
+                                   self.hparams.horizontal_flip)
+        eval_tf = build_transform(self.hparams.image_size, False, self.hparams.image_mean, self.hparams.image_std)
+        return (MultimodalDataset([e for i, e in enumerate(examples) if i not in held], train_tf),
+                MultimodalDataset([e for i, e in enumerate(examples) if i in held], eval_tf))
+
+    def examples(self, split: str) -> list[MultimodalExample]:
+        """The rows of ``split`` in index order; ``train`` includes the held-out rows (all the rows as read)."""
+        found = list(self.datasets[split].examples)
+        if split == "train" and "heldout" in self.datasets:
+            found = sorted(found + list(self.datasets["heldout"].examples), key=lambda e: e.index)
+        return found
+
+    def fingerprint(self, split: str) -> str:
+        """sha256 of what the rows of ``split`` are, independent of tokenizer and transforms: index, id, image path
+        and byte size, text, label. Keys MSD's teacher-output cache together with the teacher and its settings."""
+        h = hashlib.sha256()
+        for e in self.examples(split):
+            size = Path(e.image).stat().st_size if Path(e.image).exists() else -1
+            h.update(repr((e.index, e.id, e.image, size, e.label, e.text)).encode())
+        return h.hexdigest()[:16]
+
+    def eval_loader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Unshuffled batches of this rank's share of :meth:`examples` (rows rank, rank + world, ...) with the
+        evaluation transform: how the teacher's outputs are cached."""
+        h = self.hparams
+        plain = MultimodalDataset(self.examples(split)[rank::world_size],
+                                  build_transform(h.image_size, False, h.image_mean, h.image_std))
+        return DataLoader(plain, batch_size=h.eval_batch_size or h.batch_size, collate_fn=self._collate(),
+                          num_workers=h.num_workers)
+
+    def heldout_dataloader(self, rank: int = 0, world_size: int = 1) -> DataLoader:
+        """Shuffled batches of this rank's share of the ``heldout`` split (``heldout_fraction``)."""
+        if "heldout" not in self.datasets:
+            raise ConfigError("no held-out split: set data.heldout_fraction (e.g. 0.1)")
+        h = self.hparams
+        sampler = DistributedSampler(self.datasets["heldout"], num_replicas=world_size, rank=rank, shuffle=True,
+                                     seed=h.seed)
+        return DataLoader(self.datasets["heldout"], batch_size=h.batch_size, sampler=sampler,
+                          collate_fn=self._collate(), num_workers=h.num_workers, drop_last=False)
 
     def _loaded(self) -> dict[str, MultimodalDataset]:
         if self._datasets is None:

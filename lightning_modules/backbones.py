@@ -252,7 +252,7 @@ def model_fingerprint(model: nn.Module, name: str) -> str:
         h.update(key.encode())
         t = tensor.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

@@ -118,3 +118,22 @@ def only(
     if modality == "text":
         return remove_image(batch, image_mode, mean, std)
     raise ConfigError(f"modality must be 'image' or 'text', got {modality!r}")
+
+
+VIEWS = ("full", "image", "text")  # the three inputs MSD feeds both models: full, image only, text only
+TEXT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def views(
+    batch: dict[str, Any], image_mode: ImageMode = "zero", text_mode: TextMode = "empty", tokenizer: Any = None,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+) -> dict[str, Any]:
+    """The model inputs of :data:`VIEWS` stacked along the batch: (3B, ...) tensors, rows [full; image only; text
+    only], so one forward gives all three and ``logits.view(3, B, L)`` splits them. Labels and ids are not repeated."""
+    parts = [batch, only(batch, "image", image_mode, text_mode, tokenizer, mean, std),
+             only(batch, "text", image_mode, text_mode, tokenizer, mean, std)]
+    out = {"pixel_values": torch.cat([p["pixel_values"] for p in parts])}  # (3B, C, H, W)
+    for key in TEXT_KEYS:
+        if batch.get(key) is not None:
+            out[key] = torch.cat([p[key] for p in parts])  # (3B, T)
+    return out

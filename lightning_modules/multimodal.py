@@ -17,10 +17,14 @@ which is how an MSD teacher is made: cross-entropy (single-label) or BCE (multi-
 
 from __future__ import annotations
 
+import inspect
+import json
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
@@ -31,7 +35,7 @@ from torchmetrics.classification import (
     MultilabelF1Score,
 )
 
-from datamodules.io import ConfigError
+from datamodules.io import ConfigError, atomic_path
 from lightning_modules.backbones import build_encoder, check_model_name, create_vision_backbone, load_tokenizer, seeded
 from lightning_modules.losses.distill import task_loss
 from lightning_modules.optim import OptimSpec, configure_adamw
@@ -214,6 +218,7 @@ class MultimodalClassifier(LightningModule):
         num_labels, multi_label: None = the datamodule's ``num_labels`` / ``multi_label`` at setup (then saved in
             the hyperparameters, so ``load_from_checkpoint`` rebuilds the head); ``multi_label`` None = the
             datamodule's, or False without one.
+        label_names: the class names, recorded from the datamodule at setup (MSD checks teacher and student agree).
         lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
         init_seed: seeds the whole build.
     """
@@ -230,6 +235,7 @@ class MultimodalClassifier(LightningModule):
         dropout: float = 0.1,
         num_labels: int | None = None,
         multi_label: bool | None = None,
+        label_names: list[str] | None = None,
         lr: float = 1e-3,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
@@ -300,11 +306,62 @@ class MultimodalClassifier(LightningModule):
             raise ConfigError(f"the datamodule's tokenizer is not {h.text_backbone!r}'s (another vocabulary): leave "
                               "data.tokenizer unset to use the model's")
         if self.net is not None:
+            self._record_label_names(dm)
             return
         num_labels = h.num_labels if h.num_labels is not None else found["num_labels"]
         if num_labels is None:
             raise ConfigError("MultimodalClassifier needs num_labels, or a datamodule with `num_labels`")
         self._build(int(num_labels), bool(found["multi_label"] if h.multi_label is None else h.multi_label))
+        self._record_label_names(dm)
+
+    def _record_label_names(self, dm: Any) -> None:
+        names = getattr(dm, "label_names", None)
+        if names is None:
+            return
+        if self.hparams.label_names is not None and list(self.hparams.label_names) != list(names):
+            raise ConfigError(f"the model was trained on the classes {self.hparams.label_names}, the datamodule "
+                              f"gives {list(names)}")
+        self.hparams.label_names = list(names)
+
+    # ------------------------------------------------------------------------------------- export / load
+    def classifier_config(self) -> dict[str, Any]:
+        """The arguments that rebuild this network as a :class:`MultimodalClassifier` (MSD's extra ones left out)."""
+        return {k: self.hparams[k] for k in CLASSIFIER_ARGS if k in self.hparams}
+
+    def export(self, out_dir: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (the network alone) into ``out_dir``, atomically."""
+        if self.net is None:
+            raise RuntimeError("nothing to export: the network is not built yet")
+        out = Path(out_dir)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
+        with atomic_path(out) as tmp:
+            tmp.mkdir(parents=True)
+            (tmp / "config.json").write_text(json.dumps(self.classifier_config(), indent=1) + "\n")
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> MultimodalClassifier:
+        """A built classifier from an :meth:`export` folder or a Lightning checkpoint (of this class or of MSD,
+        whose student it then is), in eval mode. Checkpoints are read with ``weights_only=True``."""
+        path = Path(path)
+        if path.is_dir():
+            config_file, weights = path / "config.json", path / "model.safetensors"
+            if not config_file.is_file() or not weights.is_file():
+                raise ConfigError(f"{path}: an exported classifier folder holds config.json and model.safetensors")
+            config, state = json.loads(config_file.read_text()), load_file(str(weights))
+        elif path.is_file():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            config = dict(ckpt.get("hyper_parameters") or {})
+            state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        else:
+            raise ConfigError(f"{path}: no such classifier (an exported folder or a .ckpt file)")
+        config = {k: v for k, v in config.items() if k in CLASSIFIER_ARGS}
+        if config.get("num_labels") is None:
+            raise ConfigError(f"{path}: the saved classifier records no num_labels (it was never built)")
+        model = cls(**config)
+        model.net.load_state_dict(state)
+        return model.eval()
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -342,3 +399,6 @@ class MultimodalClassifier(LightningModule):
 
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
+
+
+CLASSIFIER_ARGS = tuple(inspect.signature(MultimodalClassifier.__init__).parameters)[1:]

@@ -34,8 +34,9 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def configure_adamw(module: LightningModule, spec: OptimSpec) -> dict[str, Any]:
-    params = [p for p in module.parameters() if p.requires_grad]
+def configure_adamw(module: LightningModule, spec: OptimSpec, params: Any = None) -> dict[str, Any]:
+    """AdamW over ``params`` (default: every trainable parameter of ``module``), decay on matrices only."""
+    params = [p for p in (module.parameters() if params is None else params) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(

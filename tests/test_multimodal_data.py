@@ -291,7 +291,7 @@ def test_batches_with_the_tiny_tokenizer_end_to_end(tiny: Any) -> None:
     assert (dm.num_labels, dm.label_names, dm.multi_label) == (2, ["0", "1"], False)
     assert {s: len(d) for s, d in dm.datasets.items()} == {"train": 600, "val": 200, "test": 200}
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "labels", "ids", "planted"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "labels", "ids", "index", "planted"}
     assert batch["pixel_values"].dtype == torch.float32 and batch["pixel_values"].shape == (8, 3, 32, 32)
     b, t = batch["input_ids"].shape
     assert b == 8 and t <= 32 and batch["input_ids"].dtype == torch.int64
@@ -324,7 +324,7 @@ def test_bert_style_tokens_and_multi_label_collate(tmp_path: Path, bert: Any) ->
         dm.setup("fit")
     items = [dm.datasets["train"][i] for i in range(3)]
     batch = collate_multimodal(items, pad_id=bert.pad_token_id)
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "token_type_ids", "labels", "ids"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "token_type_ids", "labels", "ids", "index"}
     assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist() == [[0, 1], [1, 1], [0, 0]]
     cls, sep = bert.cls_token_id, bert.sep_token_id
     assert batch["input_ids"][0].tolist() == [cls, *bert.convert_tokens_to_ids(["a", "dog", "on", "the"]), sep]

@@ -278,8 +278,10 @@ def test_teacher_config_through_train_py(tmp_path):
     root = Path(__file__).resolve().parents[1]
     small = ["--config", str(root / "configs/multimodal_teacher.yaml"), "--trainer.max_epochs", "1",
              "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "2", "--trainer.limit_test_batches",
-             "2", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)]
+             "2", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
+             "--trainer.callbacks.dirpath", str(tmp_path / "export")]
     cli = main(["fit", *small])
+    assert MultimodalClassifier.load(tmp_path / "export").hparams.image_backbone == "timm:resnet10t"
     ckpt = next(Path(cli.trainer.log_dir).glob("checkpoints/*.ckpt"))
     assert cli.model.hparams.num_labels == 2 and cli.model.hparams.multi_label is False
     cli = main(["test", *small, "--ckpt_path", str(ckpt)])

@@ -93,13 +93,14 @@ def msd_loss(student_full: Tensor, teacher_full: Tensor, student_only: Tensor, t
              weights: Tensor, temperature: float = 1.0, multi_label: bool = False, task_weight: float = 1.0,
              kd_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
     """The MSD objective. *_full: (B, L); *_only: (M, B, L), the logits on the input that keeps only modality m;
-    weights: (B, M). Returns the loss and detached parts (``task``, ``kd``, ``kd_image``, ``kd_text``...)."""
+    weights: (B, M), used as given (detach saliency-based weights; learned ones stay attached for the meta
+    step). Returns the loss and detached parts (``task``, ``kd``, ``kd_image``, ``kd_text``...)."""
     kd = kd_sigmoid if multi_label else kd_softmax
     task, _ = task_loss(student_full, labels, multi_label)
     full_kd, _ = kd(student_full, teacher_full, temperature)
     per_modality = torch.stack([kd(s, t, temperature, reduction="none")[0]
                                 for s, t in zip(student_only, teacher_only, strict=True)], dim=-1)  # (B, M)
-    modality_kd = (weights.detach() * per_modality).sum(-1).mean()
+    modality_kd = (weights * per_modality).sum(-1).mean()  # weights as given: gradients reach them unless detached
     loss = task_weight * task + kd_weight * full_kd + modality_kd
     parts = {"task": task.detach(), "kd": full_kd.detach(), "modality_kd": modality_kd.detach()}
     for name, value in zip(("kd_image", "kd_text"), per_modality.detach().mean(0), strict=False):

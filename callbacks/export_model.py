@@ -1,0 +1,38 @@
+"""Save the trained network on its own at the end of fit: a folder with ``config.json`` and ``model.safetensors``.
+
+For modules with an ``export(folder)`` method (:class:`~lightning_modules.multimodal.MultimodalClassifier` and MSD,
+whose export is the distilled student alone, without the teacher); ``MultimodalClassifier.load(folder)`` reads it
+back for inference::
+
+    python train.py fit --config configs/msd.yaml --trainer.callbacks+=ExportModel \\
+        --trainer.callbacks.dirpath=runs/msd/student
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
+
+from datamodules.io import ConfigError
+
+
+class ExportModel(Callback):
+    """At the end of ``fit``, rank 0 writes ``pl_module.export(dirpath)`` (default ``<log_dir>/export``), atomically."""
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        self.dirpath = dirpath
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if not callable(getattr(pl_module, "export", None)):
+            raise ConfigError(f"ExportModel needs a module with an export(folder) method; {type(pl_module).__name__} "
+                              "has none")
+
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        log_dir = trainer.log_dir  # a collective: every rank asks
+        path = Path(self.dirpath) if self.dirpath else Path(log_dir or trainer.default_root_dir) / "export"
+        if trainer.is_global_zero:
+            pl_module.export(path)
+            rank_zero_info(f"exported {type(pl_module).__name__} to {path}")
+        trainer.strategy.barrier("export-model")
