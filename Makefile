@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo demo-dpo demo-critic demo-prefix demo-unirex test test-all lint bench venv clean
+.PHONY: demo demo-dpo demo-critic demo-prefix demo-unirex demo-msd test test-all lint bench venv clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ demo-unirex: $(STAMP)
 	$(PY) train.py fit --config configs/unirex.yaml
 	$(PY) train.py test --config configs/unirex.yaml \
 		--ckpt_path $$(ls -t runs/unirex/lightning_logs/*/checkpoints/last.ckpt | head -1)
+
+demo-msd: $(STAMP)
+	$(PY) train.py fit --config configs/msd.yaml
+	$(PY) train.py test --config configs/msd.yaml \
+		--ckpt_path $$(ls -t runs/msd/lightning_logs/*/checkpoints/*.ckpt | head -1)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu" tests

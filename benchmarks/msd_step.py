@@ -50,7 +50,6 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +127,7 @@ def fit_steps(model: MSD, dm: MultimodalDataModule, args: argparse.Namespace, ro
 
 
 def build_cache(teacher_path: str, dm: MultimodalDataModule, model_args: dict[str, Any], cache_dir: str,
-                device: str, precision: str) -> tuple[float, float, int]:
+                device: str) -> tuple[float, float, int]:
     """Fill ``cache_dir`` with the teacher's outputs as ``MSD`` would at setup: (load s, build s, rows)."""
     start = time.perf_counter()
     teacher = MultimodalClassifier.load(teacher_path).to(device)
@@ -136,16 +135,15 @@ def build_cache(teacher_path: str, dm: MultimodalDataModule, model_args: dict[st
     settings = TeacherSettings.of(teacher, dm, model_args.get("image_removal", "blank"),
                                   model_args.get("text_removal", "empty"))
     meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
-    autocast = "bf16" in precision or "16-mixed" in precision  # as MSD runs the teacher under the Trainer's precision
-    dtype = torch.bfloat16 if "bf16" in precision else torch.float16
-    context = (lambda: torch.autocast(device, dtype=dtype)) if autocast else nullcontext
-    outputs = compute_outputs(teacher.net, dm.eval_loader("train"), settings, dm.tokenizer, device, context=context)
+    rows = len(dm.examples("train"))
+    outputs = TeacherOutputs(compute_outputs(teacher.net, dm.eval_loader("train"), rows, settings, dm.tokenizer,
+                                             device))  # float32, as MSD computes it whatever the precision
     outputs.save(cache_file(cache_dir, meta), meta)
     if device == "cuda":
         torch.cuda.synchronize()
     done = time.perf_counter()
     TeacherOutputs.load(cache_file(cache_dir, meta))  # what MSD reads: it exists and parses
-    return loaded - start, done - loaded, int(outputs.index.numel())
+    return loaded - start, done - loaded, rows
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -181,8 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     dm.setup("fit")
 
-    load_s, build_s, rows = build_cache(args.teacher, dm, model_args, model_args["cache_dir"], args.device,
-                                        args.precision)
+    load_s, build_s, rows = build_cache(args.teacher, dm, model_args, model_args["cache_dir"], args.device)
     start = time.perf_counter()
     heldout_batches = list(dm.heldout_dataloader())
     heldout_load = (time.perf_counter() - start) / len(heldout_batches)

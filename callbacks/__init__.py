@@ -13,5 +13,6 @@ from callbacks.rationale_html import RationaleHTML
 from callbacks.throughput import TokenThroughput
 
 __all__ = [
-    "ExportModel", "IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "RationaleHTML", "SampleGenerations", "TokenThroughput",
+    "ExportModel", "IFEvalCallback", "NonFiniteError", "NonFiniteGuard", "RationaleHTML", "SampleGenerations",
+    "TokenThroughput",
 ]

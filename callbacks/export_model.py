@@ -19,7 +19,11 @@ from datamodules.io import ConfigError
 
 
 class ExportModel(Callback):
-    """At the end of ``fit``, rank 0 writes ``pl_module.export(dirpath)`` (default ``<log_dir>/export``), atomically."""
+    """At the end of ``fit``, rank 0 writes ``pl_module.export(dirpath)`` (default ``<log_dir>/export``), atomically.
+
+    It exports the final weights; for the best checkpoint instead, load it and call ``export``:
+    ``MultimodalClassifier.load("best.ckpt").export("folder")`` (an MSD checkpoint gives its student).
+    """
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath

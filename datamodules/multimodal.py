@@ -50,7 +50,7 @@ Batches (right padding with ``tok.pad_token_id``)::
     token_type_ids  int64   (B, T)     only when the tokenizer makes them
     labels          int64   (B,)       single-label; float32 (B, L) multi-hot for multi-label
     ids             list[str]
-    index           int64   (B,)       each row's position in its split as read (keys MSD's teacher-output cache)
+    index           int64   (B,)       each row's position among its split's usable rows (keys MSD's teacher cache)
     planted         int64   (B,)       only when rows carry ``planted``: 0 image, 1 text, 2 both
 """
 
@@ -116,7 +116,7 @@ class MultimodalExample(NamedTuple):
     label: int | list[int]  # class index, or multi-hot (L,)
     planted: int | None
     where: str
-    index: int  # position in its split as read (the training split before any held-out rows are taken out)
+    index: int  # position among its split's kept rows (after bad_images=skip; before rows are held out): 0..N-1
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -602,27 +602,24 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
             transform = build_transform(h.image_size, split == "train", h.image_mean, h.image_std, h.horizontal_flip)
             datasets[split] = MultimodalDataset(examples, transform)
         if h.heldout_fraction > 0:
-            datasets["train"], datasets["heldout"] = self._hold_out(datasets["train"].examples, h.heldout_fraction)
+            datasets["train"], datasets["heldout"] = self._hold_out(datasets["train"])
         if dropped:
             rank_zero_warn(f"dropped {dropped} class names outside the classes {names}")
         if encoder.truncated:
             rank_zero_warn(f"{encoder.truncated} texts were cut to max_length={h.max_length}")
         self._label_names, self._multi_label, self._datasets = names, multi, datasets
 
-    def _hold_out(self, examples: list[MultimodalExample], fraction: float) -> tuple[MultimodalDataset, ...]:
-        """(train, heldout): a seeded ``fraction`` of the training rows (at least one, never all) set aside."""
-        n = len(examples)
-        k = min(n - 1, max(1, round(fraction * n)))
-        if k < 1:
-            raise DataError(f"{self.hparams.train_file or self.hparams.data_dir}: heldout_fraction needs at least 2 "
-                            f"training rows, got {n}")
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.hparams.seed)).tolist()
-        held = set(order[:k])
-        train_tf = build_transform(self.hparams.image_size, True, self.hparams.image_mean, self.hparams.image_std,
-                                   self.hparams.horizontal_flip)
-        eval_tf = build_transform(self.hparams.image_size, False, self.hparams.image_mean, self.hparams.image_std)
-        return (MultimodalDataset([e for i, e in enumerate(examples) if i not in held], train_tf),
-                MultimodalDataset([e for i, e in enumerate(examples) if i in held], eval_tf))
+    def _hold_out(self, train: MultimodalDataset) -> tuple[MultimodalDataset, MultimodalDataset]:
+        """(train, heldout): a seeded ``heldout_fraction`` of the training rows (at least one, never all) set aside;
+        the held-out rows get the evaluation transform."""
+        h, n = self.hparams, len(train)
+        if n < 2:
+            raise DataError(f"{h.train_file or h.data_dir}: heldout_fraction needs at least 2 training rows, got {n}")
+        k = min(n - 1, max(1, round(h.heldout_fraction * n)))
+        held = set(torch.randperm(n, generator=torch.Generator().manual_seed(h.seed))[:k].tolist())
+        return (MultimodalDataset([e for i, e in enumerate(train.examples) if i not in held], train.transform),
+                MultimodalDataset([e for i, e in enumerate(train.examples) if i in held],
+                                  build_transform(h.image_size, False, h.image_mean, h.image_std)))
 
     def examples(self, split: str) -> list[MultimodalExample]:
         """The rows of ``split`` in index order; ``train`` includes the held-out rows (all the rows as read)."""
@@ -632,12 +629,13 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         return found
 
     def fingerprint(self, split: str) -> str:
-        """sha256 of what the rows of ``split`` are, independent of tokenizer and transforms: index, id, image path
-        and byte size, text, label. Keys MSD's teacher-output cache together with the teacher and its settings."""
+        """sha256 of what the rows of ``split`` are, independent of tokenizer and transforms: index, id, text, label,
+        image path with its byte size and modification time (a rewritten or copied image changes it). Keys MSD's
+        teacher-output cache together with the teacher and its settings."""
         h = hashlib.sha256()
         for e in self.examples(split):
-            size = Path(e.image).stat().st_size if Path(e.image).exists() else -1
-            h.update(repr((e.index, e.id, e.image, size, e.label, e.text)).encode())
+            st = Path(e.image).stat()
+            h.update(repr((e.index, e.id, e.image, st.st_size, st.st_mtime_ns, e.label, e.text)).encode())
         return h.hexdigest()[:16]
 
     def eval_loader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
@@ -657,7 +655,8 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         sampler = DistributedSampler(self.datasets["heldout"], num_replicas=world_size, rank=rank, shuffle=True,
                                      seed=h.seed)
         return DataLoader(self.datasets["heldout"], batch_size=h.batch_size, sampler=sampler,
-                          collate_fn=self._collate(), num_workers=h.num_workers, drop_last=False)
+                          collate_fn=self._collate(), num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0)
 
     def _loaded(self) -> dict[str, MultimodalDataset]:
         if self._datasets is None:

@@ -11,5 +11,6 @@ from lightning_modules.sft import SFT
 from lightning_modules.unirex import UNIREX
 
 __all__ = [
-    "DPO", "SFT", "CriticRM", "DownstreamHead", "MSD", "MultimodalClassifier", "MultiTaskEncoder", "PrefixTuning", "UNIREX"
+    "DPO", "SFT", "CriticRM", "DownstreamHead", "MSD", "MultimodalClassifier", "MultiTaskEncoder", "PrefixTuning",
+    "UNIREX",
 ]

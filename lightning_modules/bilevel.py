@@ -47,7 +47,8 @@ def lookahead_grads(
     """Gradients of ``heldout_loss(theta - inner_lr * grad train_loss(theta))`` w.r.t. ``meta_params``.
 
     ``params``: the student's trainable parameters by name (theta); ``train_loss(params)`` must depend on
-    ``meta_params`` (the weights it applies come from them) and ``heldout_loss(params)`` must not. Returns the
+    ``meta_params`` (the weights it applies come from them) and ``heldout_loss(params)`` must not.
+    ``train_loss`` may ignore its argument and reuse outputs already computed from ``params`` themselves. Returns the
     gradients (zeros for meta parameters the held-out loss does not reach) and the held-out loss (detached).
     """
     names = list(params)

@@ -23,6 +23,11 @@ mode, and never written into the student's checkpoints (it is held outside the m
 forward. ``live`` runs it on every batch. When ``teacher`` does not exist and ``teacher_recipe`` names a training
 config, that config is trained first (``train.py fit --config teacher_recipe``; it must export to ``teacher``).
 
+The three views go through the student as one batch of 3B rows: a student with BatchNorm would pool their
+statistics (the image-only and text-only rows included); the suite's students use LayerNorm. The teacher recipe
+runs on rank 0 while the other ranks wait: under DDP train the teacher first when it takes longer than the process
+group's timeout.
+
 Saliencies are logged per epoch as histograms (TensorBoard when that is the logger; always appended to
 ``<log_dir>/saliency_histograms.jsonl``). ``callbacks.ExportModel`` saves the distilled student alone (config +
 safetensors), which ``MultimodalClassifier.load`` reads without the teacher.
@@ -31,13 +36,13 @@ safetensors), which ``MultimodalClassifier.load`` reads without the teacher.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -50,6 +55,7 @@ from lightning_modules.losses.msd import modality_saliency, modality_weights, ms
 from lightning_modules.modality import ImageMode, TextMode, views
 from lightning_modules.multimodal import MultimodalClassifier
 from lightning_modules.optim import configure_adamw
+from lightning_modules.shard_cache import gather_rows, load_or_compute
 from lightning_modules.teacher_cache import (
     TeacherOutputs,
     TeacherSettings,
@@ -57,12 +63,11 @@ from lightning_modules.teacher_cache import (
     cache_metadata,
     check_teacher_data,
     compute_outputs,
-    gather,
+    teacher_path,
 )
 
 Weighting = Literal["none", "uniform", "dataset", "instance", "learned"]
 MODALITIES = ("image", "text")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class _Teacher:
@@ -137,42 +142,28 @@ class MSD(MultimodalClassifier):
         if self.learned:
             with seeded(h.init_seed + 7):
                 self.weight_net = WeightNet(2 * len(MODALITIES), len(MODALITIES), h.weight_net_hidden)
-        self.register_buffer("dataset_saliency", torch.zeros(len(MODALITIES)))  # (M,), the `dataset` scheme's
+        # (M,), the `dataset` scheme's; recomputed at every fit from the teacher and the data, so not checkpointed
+        self.register_buffer("dataset_saliency", torch.zeros(len(MODALITIES)), persistent=False)
         self.teacher: _Teacher | None = None
         self._saliencies: list[Tensor] = []  # this epoch's (B, M) teacher saliencies, for the histograms
-        self._heldout: Any = None
+        self._heldout_loader: Any = None  # `learned`: the held-out rows, from the datamodule at setup
+        self._heldout: Any = None  # an endless iterator over them
         self._meta_opt: torch.optim.Optimizer | None = None
         self._meta_state: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------------- teacher
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage == "fit" and self.teacher is None:
+        if stage == "fit":  # every fit: the data may have changed since the last
             self._prepare_teacher()
 
-    def _teacher_path(self) -> Path:
-        h, path = self.hparams, Path(self.hparams.teacher)
-        if not path.exists() and h.teacher_recipe:
-            if self.trainer.is_global_zero:
-                rank_zero_info(f"no teacher at {path}: training one with {h.teacher_recipe}")
-                cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", h.teacher_recipe]
-                done = subprocess.run(cmd, capture_output=True, text=True)
-                if done.returncode != 0:
-                    raise ConfigError(f"training the teacher with {h.teacher_recipe} failed: {done.stderr[-2000:]}")
-            self.trainer.strategy.barrier("msd-teacher")
-            if not path.exists():
-                raise ConfigError(f"{h.teacher_recipe} trained, but wrote no teacher at {path}: its "
-                                  f"callbacks.ExportModel must have dirpath {path}")
-        if not path.exists():
-            raise ConfigError(f"no teacher at {path}: train one (python train.py fit --config "
-                              "configs/multimodal_teacher.yaml) or set model.teacher_recipe")
-        return path
-
     def _prepare_teacher(self) -> None:
-        """Load the teacher, check it against the data, and fill or read the output cache: before any training."""
+        """Check the settings, load the teacher, check it against the data, and fill or read the output cache: all
+        before any training step."""
         h, trainer = self.hparams, self.trainer
         dm = trainer.datamodule
-        teacher = MultimodalClassifier.load(self._teacher_path())
+        self._check_data_and_strategy(dm, trainer.strategy)
+        teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, trainer.strategy))
         for p in teacher.parameters():
             p.requires_grad_(False)
         check_teacher_data(teacher, dm)
@@ -182,18 +173,13 @@ class MSD(MultimodalClassifier):
         if h.teacher_outputs == "cached":
             meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
             path = cache_file(h.cache_dir, meta)
-            if trainer.strategy.broadcast(path.exists(), src=0):  # rank 0 decides, so ranks never disagree
-                outputs = trainer.strategy.broadcast(TeacherOutputs.load(path) if trainer.is_global_zero else None)
-                rank_zero_info(f"teacher outputs read from {path}")
-            elif mismatch:
+            if mismatch and not trainer.strategy.broadcast(path.exists(), src=0):
                 raise ConfigError(f"{mismatch}: cache its outputs first (python -m lightning_modules.teacher_cache "
-                                  "--config <this config>)")
-            else:
-                outputs = self._compute_outputs(teacher, dm, settings)
-                if trainer.is_global_zero:
-                    outputs.save(path, meta)
-                    rank_zero_info(f"teacher outputs of {outputs.index.numel()} rows cached in {path}")
-                trainer.strategy.barrier("msd-teacher-cache")
+                                  "with this run's flags)")
+            logits, hit = load_or_compute(trainer.strategy, path, "logits",
+                                          lambda: self._compute_outputs(teacher, dm, settings), meta)
+            rank_zero_info(f"teacher outputs {'read from' if hit else 'cached in'} {path}")
+            outputs = TeacherOutputs(logits)
             if outputs.num_labels != dm.num_labels:
                 raise ConfigError(f"{path}: cached for {outputs.num_labels} classes, the data has {dm.num_labels}")
             teacher = None  # training runs no teacher forward
@@ -201,7 +187,7 @@ class MSD(MultimodalClassifier):
             raise ConfigError(f"{mismatch}: a live teacher sees the student's batches; use teacher_outputs=cached "
                               "and python -m lightning_modules.teacher_cache")
         elif h.weighting == "dataset":
-            outputs = self._compute_outputs(teacher, dm, settings)  # once, for the mean saliency only
+            outputs = TeacherOutputs(self._compute_outputs(teacher, dm, settings))  # for the mean saliency only
         if h.weighting == "dataset":
             self.dataset_saliency.copy_(self._mean_saliency(outputs, dm))
             rank_zero_info(f"mean teacher saliency (image, text): {self.dataset_saliency.tolist()}")
@@ -211,6 +197,22 @@ class MSD(MultimodalClassifier):
         if self.learned:
             self._heldout_loader = dm.heldout_dataloader(self.global_rank, trainer.world_size)
 
+    def _check_data_and_strategy(self, dm: Any, strategy: Any) -> None:
+        h = self.hparams
+        if self.learned:
+            if "heldout" not in dm.datasets:
+                raise ConfigError("weighting=learned fits its weights on held-out rows: set data.heldout_fraction "
+                                  "(e.g. 0.1)")
+            if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
+                raise ConfigError("weighting=learned needs the whole student on each rank for its lookahead step: "
+                                  f"one device or DDP, not {type(strategy).__name__}")
+        elif "heldout" in dm.datasets:
+            rank_zero_warn(f"data.heldout_fraction sets {len(dm.datasets['heldout'])} training rows aside, which only "
+                           "weighting=learned uses")
+        if dm.hparams.horizontal_flip and h.teacher_outputs == "cached":
+            rank_zero_warn("the cached teacher outputs are of unflipped images; with horizontal_flip the student sees "
+                           "flipped ones (teacher_outputs=live matches them)")
+
     def _live_mismatch(self, teacher: MultimodalClassifier, dm: Any) -> str | None:
         """Why the teacher cannot read this datamodule's batches (another tokenizer or image size), or None."""
         if teacher.hparams.image_size != dm.hparams.image_size:
@@ -219,13 +221,13 @@ class MSD(MultimodalClassifier):
             return f"the teacher's tokenizer ({teacher.hparams.text_backbone}) is not the data's"
         return None
 
-    def _compute_outputs(self, teacher: MultimodalClassifier, dm: Any, settings: TeacherSettings) -> TeacherOutputs:
-        """Each rank its shard of the training rows, gathered: every rank gets all."""
-        teacher.to(self.device)
-        mine = compute_outputs(teacher.net, dm.eval_loader("train", self.global_rank, self.trainer.world_size),
-                               settings, dm.tokenizer, self.device,
-                               context=self.trainer.precision_plugin.forward_context)
-        return gather(mine)
+    def _compute_outputs(self, teacher: MultimodalClassifier, dm: Any, settings: TeacherSettings) -> Tensor:
+        """Teacher logits (N, 3, L) of the training rows: each rank its shard (on its device), gathered."""
+        device = self.trainer.strategy.root_device  # setup runs before the module is moved there
+        teacher.to(device)
+        part = compute_outputs(teacher.net, dm.eval_loader("train", self.global_rank, self.trainer.world_size),
+                               len(dm.examples("train")), settings, dm.tokenizer, device)
+        return gather_rows(part)
 
     def _mean_saliency(self, outputs: TeacherOutputs, dm: Any) -> Tensor:
         """Each modality's mean teacher saliency over the training rows (held-out rows excluded): (M,)."""
@@ -237,12 +239,11 @@ class MSD(MultimodalClassifier):
         return sal.mean(0)
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None and self.teacher.model is not None:
+        if self.teacher.model is not None:
             self.teacher.model.to(self.device).eval()
+        if self.teacher.outputs is not None:
+            self.teacher.outputs.to(self.device)  # lookups by the batch's index, no host sync
         if self.learned:
-            self._meta_opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.hparams.meta_lr)
-            if self._meta_state is not None:
-                self._meta_opt.load_state_dict(self._meta_state)
             self._heldout = self._cycle(self._heldout_loader)
 
     @staticmethod
@@ -253,33 +254,45 @@ class MSD(MultimodalClassifier):
             yield from loader
             epoch += 1
 
+    def _meta_optimizer(self) -> torch.optim.Optimizer:
+        """The weight network's Adam, made at the first meta step (after any checkpoint was restored, whatever the
+        strategy's order of hooks) with the restored state."""
+        if self._meta_opt is None:
+            self._meta_opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.hparams.meta_lr)
+            if self._meta_state is not None:
+                self._meta_opt.load_state_dict(self._meta_state)
+        return self._meta_opt
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self._meta_opt is not None:
             checkpoint["msd_meta_optimizer"] = self._meta_opt.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._meta_state = checkpoint.get("msd_meta_optimizer")
+        self._meta_state, self._meta_opt = checkpoint.get("msd_meta_optimizer"), None
 
     # ------------------------------------------------------------------------------------------ objective
     def _teacher_logits(self, batch: dict[str, Any]) -> Tensor:
-        """The teacher's logits (3, B, L) on the full, image-only and text-only inputs."""
+        """The teacher's logits (3, B, L) on the full, image-only and text-only inputs; a live teacher under plain
+        KD sees only the full input (1, B, L) (no saliency is logged then)."""
         assert self.teacher is not None, "MSD's teacher is prepared in setup('fit')"
         if self.teacher.outputs is not None:
             return self.teacher.outputs.lookup(batch["index"]).to(self.device)
         s = self.teacher.settings
-        with torch.no_grad():
-            out = self.teacher.model.net(views(batch, s.image_mode, s.text_mode, self.tokenizer, s.image_mean,
-                                               s.image_std))  # (3B, L)
-        return out.float().view(3, -1, out.shape[-1])
+        inputs = batch if self.hparams.weighting == "none" else views(batch, s.image_mode, s.text_mode,
+                                                                       self.tokenizer, s.image_mean, s.image_std)
+        floats = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # float32, as when cached
+            out = self.teacher.model.net(floats)  # (3B, L) or (B, L)
+        return out.float().view(-1, batch["labels"].shape[0], out.shape[-1])
 
-    def _student_logits(self, batch: dict[str, Any], params: dict[str, Tensor] | None = None) -> Tensor:
+    def _student_logits(self, batch: dict[str, Any]) -> Tensor:
         """The student's logits (3, B, L) on the three views ((1, B, L), the full input only, for plain KD)."""
         if self.hparams.weighting == "none":
             inputs = batch
         else:
             s = self.teacher.settings
             inputs = views(batch, s.image_mode, s.text_mode, self.tokenizer, s.image_mean, s.image_std)
-        out = self.net(inputs) if params is None else functional_call(self.net, params, (inputs,))
+        out = self.net(inputs)  # (3B, L) or (B, L)
         return out.view(-1, batch["labels"].shape[0], out.shape[-1])
 
     def _loss(self, student: Tensor, teacher: Tensor, labels: Tensor, weights: Tensor | None
@@ -298,25 +311,24 @@ class MSD(MultimodalClassifier):
         return torch.cat([modality_saliency(teacher[0], teacher[1:], labels, kind, ml)
                           for kind in ("kl", "prob_drop")], dim=-1)
 
-    def _weights(self, saliency: Tensor, features: Tensor | None) -> Tensor | None:
-        h = self.hparams
-        if h.weighting == "none":
-            return None
-        if h.weighting == "learned":
-            return self.weight_net(features)
-        return modality_weights(saliency, h.weighting, h.weight_temperature, self.dataset_saliency)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        labels = batch["labels"]
-        teacher = self._teacher_logits(batch)  # (3, B, L)
-        saliency = modality_saliency(teacher[0], teacher[1:], labels, self.hparams.saliency,
-                                     self.hparams.multi_label)  # (B, M)
-        features = self._saliency_features(teacher, labels) if self.learned else None
-        if self.learned and batch_idx % self.hparams.meta_every == 0:
-            self._meta_step(batch, teacher, features)
-        weights = self._weights(saliency, features)
-        loss, parts = self._loss(self._student_logits(batch), teacher, labels,
-                                 None if weights is None else weights.detach())
+        h, labels = self.hparams, batch["labels"]
+        teacher = self._teacher_logits(batch)  # (3, B, L), or (1, B, L)
+        saliency = None if teacher.shape[0] == 1 else modality_saliency(
+            teacher[0], teacher[1:], labels, h.saliency, h.multi_label)  # (B, M)
+        meta = self.learned and batch_idx % h.meta_every == 0
+        # The meta step differentiates through the student's forward twice: no fused attention kernel can.
+        with sdpa_kernel(SDPBackend.MATH) if meta else nullcontext():
+            student = self._student_logits(batch)  # (3, B, L), or (1, B, L) for plain KD
+        weights = None
+        if self.learned:
+            features = self._saliency_features(teacher, labels)  # (B, 2M)
+            if meta:
+                self._meta_step(batch, student, teacher, features)
+            weights = self.weight_net(features).detach()  # (B, M), after the meta update
+        elif h.weighting != "none":
+            weights = modality_weights(saliency, h.weighting, h.weight_temperature, self.dataset_saliency)
+        loss, parts = self._loss(student, teacher, labels, weights)
         if self.learned:
             self._student_step(loss)
         self._log_step(loss, parts, saliency, weights, labels.shape[0])
@@ -334,38 +346,45 @@ class MSD(MultimodalClassifier):
         if scheduler is not None:
             scheduler.step()
 
-    def _meta_step(self, batch: dict[str, Any], teacher: Tensor, features: Tensor) -> None:
-        """One bilevel update of the weight network on a held-out batch (:func:`bilevel.lookahead_grads`)."""
+    def _meta_step(self, batch: dict[str, Any], student: Tensor, teacher: Tensor, features: Tensor) -> None:
+        """One bilevel update of the weight network on a held-out batch (:func:`bilevel.lookahead_grads`).
+
+        ``student`` (3, B, L) was computed from the student's current parameters: the training loss reuses it
+        (its graph reaches the parameters), so the meta step adds no forward on the training batch."""
         h = self.hparams
-        held = self.transfer_batch_to_device(next(self._heldout), self.device, 0)
+        held = self.trainer.precision_plugin.convert_input(self.transfer_batch_to_device(next(self._heldout),
+                                                                                         self.device, 0))
         params = {n: p for n, p in self.net.named_parameters() if p.requires_grad}
         inner_lr = h.meta_inner_lr or self.optimizers().param_groups[0]["lr"]
 
-        def train_loss(p: dict[str, Tensor]) -> Tensor:
-            return self._loss(self._student_logits(batch, p), teacher, batch["labels"], self.weight_net(features))[0]
+        def train_loss(_: dict[str, Tensor]) -> Tensor:
+            return self._loss(student, teacher, batch["labels"], self.weight_net(features))[0]
 
         def heldout_loss(p: dict[str, Tensor]) -> Tensor:
             return task_loss(functional_call(self.net, p, (held,)), held["labels"], h.multi_label)[0]
 
         meta = list(self.weight_net.parameters())
-        with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no double backward
-            grads, held_loss = lookahead_grads(params, train_loss, heldout_loss, meta, inner_lr)
-        for p, g in zip(meta, average_across_ranks(grads), strict=True):
-            p.grad = g
-        self._meta_opt.step()
-        self._meta_opt.zero_grad(set_to_none=True)
-        self.log("train/heldout_loss", held_loss, batch_size=held["labels"].shape[0], sync_dist=True)
+        grads, held_loss = lookahead_grads(params, train_loss, heldout_loss, meta, inner_lr)
+        grads = average_across_ranks(grads)
+        if all(bool(torch.isfinite(g).all()) for g in grads):  # one overflow (16-bit) must not poison the weights
+            for p, g in zip(meta, grads, strict=True):
+                p.grad = g
+            self._meta_optimizer().step()
+            self._meta_optimizer().zero_grad(set_to_none=True)
+        self.log("train/heldout_loss", held_loss, batch_size=held["labels"].shape[0])
 
-    def _log_step(self, loss: Tensor, parts: dict[str, Tensor], saliency: Tensor, weights: Tensor | None,
+    def _log_step(self, loss: Tensor, parts: dict[str, Tensor], saliency: Tensor | None, weights: Tensor | None,
                   batch_size: int) -> None:
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=True)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
         logged = dict(parts)
         for m, name in enumerate(MODALITIES):
-            logged[f"saliency_{name}"] = saliency[:, m].mean()
+            if saliency is not None:
+                logged[f"saliency_{name}"] = saliency[:, m].mean()
             if weights is not None:
-                logged[f"weight_{name}"] = weights[:, m].detach().mean()
-        self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=batch_size, sync_dist=True)
-        self._saliencies.append(saliency.detach().cpu())
+                logged[f"weight_{name}"] = weights[:, m].mean()
+        self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=batch_size)
+        if saliency is not None:
+            self._saliencies.append(saliency.detach().cpu())
 
     # --------------------------------------------------------------------------------------- histograms
     def on_train_epoch_end(self) -> None:

@@ -53,12 +53,12 @@ class ImageEncoder(nn.Module):
     (cross-attention fusion) freezes the head parameters that the token path never uses.
     """
 
-    def __init__(self, name: str, image_size: int, tokens_only: bool = False) -> None:
+    def __init__(self, name: str, image_size: int, tokens_only: bool = False, pretrained: bool = False) -> None:
         super().__init__()
         try:
-            self.model = create_vision_backbone(name, pretrained=False, img_size=image_size)
+            self.model = create_vision_backbone(name, pretrained=pretrained, img_size=image_size)
         except TypeError:  # the model has no img_size argument
-            self.model = create_vision_backbone(name, pretrained=False)
+            self.model = create_vision_backbone(name, pretrained=pretrained)
         self.has_tokens = hasattr(self.model, "forward_features") and hasattr(self.model, "forward_head")
         was_training = self.model.training
         self.model.eval()
@@ -160,9 +160,10 @@ class MultimodalNet(nn.Module):
     @classmethod
     def build(cls, image_backbone: str, text_backbone: str, num_labels: int, image_size: int = 64,
               fusion: Fusion = "concat", hidden: int = 128, heads: int = 4, dropout: float = 0.1,
-              text_pooling: Pooling = "cls", trust_remote_code: bool = False, seed: int = 0) -> MultimodalNet:
+              text_pooling: Pooling = "cls", trust_remote_code: bool = False, seed: int = 0,
+              image_pretrained: bool = False) -> MultimodalNet:
         with seeded(seed):
-            image = ImageEncoder(image_backbone, image_size, tokens_only=fusion == "cross_attention")
+            image = ImageEncoder(image_backbone, image_size, fusion == "cross_attention", image_pretrained)
             text = TextEncoder(text_backbone, text_pooling, trust_remote_code, seed=seed + 1)
             return cls(image, text, num_labels, fusion, hidden, heads, dropout)
 
@@ -207,7 +208,9 @@ class MultimodalClassifier(LightningModule):
     """An image-text classifier trained on the task loss: a standalone model, and how MSD's teacher is made.
 
     Args:
-        image_backbone: a timm name (``timm:NAME``; random init, ``img_size=image_size`` where the model takes it).
+        image_backbone: a timm name (``timm:NAME``; ``img_size=image_size`` where the model takes it).
+        image_pretrained: load timm's pretrained weights for it (downloaded, or from the Hugging Face cache with
+            ``HF_HUB_OFFLINE=1``); off by default: random init, which runs offline.
         text_backbone: a text encoder for ``build_encoder`` (``tiny-bert``, ``hf:<id or folder>``); its tokenizer is
             ``self.tokenizer``, which the datamodule takes.
         image_size: the side of the (square) images.
@@ -226,6 +229,7 @@ class MultimodalClassifier(LightningModule):
     def __init__(
         self,
         image_backbone: str = "timm:test_vit",
+        image_pretrained: bool = False,
         text_backbone: str = "tiny-bert",
         image_size: int = 64,
         fusion: Fusion = "concat",
@@ -279,7 +283,7 @@ class MultimodalClassifier(LightningModule):
         h.num_labels, h.multi_label = num_labels, multi_label  # saved in checkpoints: load_from_checkpoint rebuilds
         self.net = MultimodalNet.build(
             h.image_backbone, h.text_backbone, num_labels, h.image_size, h.fusion, h.fusion_hidden, h.fusion_heads,
-            h.dropout, h.text_pooling, h.trust_remote_code, h.init_seed)
+            h.dropout, h.text_pooling, h.trust_remote_code, h.init_seed, h.image_pretrained)
         self.val_metrics = classification_metrics(num_labels, multi_label).clone(prefix="val/")
         self.test_metrics = classification_metrics(num_labels, multi_label).clone(prefix="test/")
         self.val_loss, self.test_loss = MeanMetric(), MeanMetric()
@@ -357,6 +361,7 @@ class MultimodalClassifier(LightningModule):
         else:
             raise ConfigError(f"{path}: no such classifier (an exported folder or a .ckpt file)")
         config = {k: v for k, v in config.items() if k in CLASSIFIER_ARGS}
+        config["image_pretrained"] = False  # the weights come from the file: nothing to download
         if config.get("num_labels") is None:
             raise ConfigError(f"{path}: the saved classifier records no num_labels (it was never built)")
         model = cls(**config)

@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from datamodules.io import ConfigError, atomic_path
+from datamodules.io import ConfigError
 from lightning_modules.backbones import model_fingerprint
+from lightning_modules.shard_cache import gather_rows, load_or_compute
 
 if TYPE_CHECKING:
     from lightning_modules.dpo import DPO
@@ -97,18 +96,9 @@ class Reference:
             key = f"{dm.fingerprint(split)}:{self.fingerprint}:{precision}:{module.hparams.attention}"
             key = hashlib.sha256(key.encode()).hexdigest()[:24]
             path = self.cache_dir / f"{split}-{key}.safetensors"
-            strategy = module.trainer.strategy
-            if strategy.broadcast(path.exists(), src=0):  # rank 0 decides, so ranks never disagree
-                logps = load_file(path)["logps"] if module.trainer.is_global_zero else None
-                self.cache[split] = strategy.broadcast(logps, src=0)
-                log.info("reference log-probs for %s read from %s", split, path)
-                continue
-            self.cache[split] = self._compute(module, dm, split)
-            if module.trainer.is_global_zero:
-                with atomic_path(path) as tmp:
-                    save_file({"logps": self.cache[split].contiguous()}, str(tmp))
-                log.info("reference log-probs for %s cached in %s", split, path)
-            module.trainer.strategy.barrier("reference-cache")
+            self.cache[split], hit = load_or_compute(module.trainer.strategy, path, "logps",
+                                                     lambda split=split: self._compute(module, dm, split))
+            log.info("reference log-probs for %s %s %s", split, "read from" if hit else "cached in", path)
 
     def _compute(self, module: DPO, dm: Any, split: str) -> Tensor:
         rank, world = module.global_rank, module.trainer.world_size
@@ -131,11 +121,7 @@ class Reference:
                 out = module.sequence_logps(net, batch)
                 result[batch["index"].cpu()] = torch.stack([out["chosen"], out["rejected"]], -1).float().cpu()
         net.train(was_training)
-        if world > 1 and dist.is_available() and dist.is_initialized():
-            parts: list[Any] = [None] * world
-            dist.all_gather_object(parts, result)
-            result = torch.stack(parts).sum(0)  # each row was filled by exactly one rank
-        return result
+        return gather_rows(result)
 
 
 def _freeze(model: nn.Module) -> None:

@@ -3,25 +3,28 @@
 Jin et al., "MSD: Saliency-aware Knowledge Distillation for Multimodal Understanding", Findings of EMNLP 2021, need
 the teacher's predictions on three inputs per row: the full input, the image only and the text only (their
 saliencies come from the same three). The teacher is frozen, so these are fixed: :class:`TeacherOutputs` holds them
-for every training row by its ``index`` (held-out rows included), and :func:`cache_file` names the file by a key
+for every training row, by its ``index`` (held-out rows included), and :func:`cache_file` names the file by a key
 over everything they depend on:
 
-- the teacher's weights (``model_fingerprint``);
-- the rows (``MultimodalDataModule.fingerprint``: ids, image paths and byte sizes, texts, labels; not the tokens);
+- the teacher: its weights (``model_fingerprint``) and the settings that shape its outputs (backbones, fusion,
+  pooling: ``classifier_config`` less the optimiser's);
+- the rows (``MultimodalDataModule.fingerprint``: ids, texts, labels, image paths with their byte size and
+  modification time; not the tokens);
 - how the teacher sees them (:class:`TeacherSettings`: removal modes, image size and normalisation, max_length).
 
-A changed teacher, dataset or setting is a cache miss, never a stale hit. The file is safetensors: ``logits``
-(N, 3, L) float32 in the order of ``modality.VIEWS`` and ``index`` (N,) int64, the key's parts in its metadata.
-Images go through the evaluation transform (no random flip) when cached.
+A changed teacher, dataset or setting is a cache miss, never a stale hit (a copied image folder is a miss too). The
+file is safetensors: ``logits`` (N, 3, L) float32 in the order of ``modality.VIEWS``, the key's parts in its
+metadata. Images go through the evaluation transform (no random flip), and the teacher runs in float32 whatever the
+training precision.
 
 The MSD module fills the cache itself at setup (``teacher_outputs: cached``; each rank a shard under DDP). To fill
 it apart, e.g. for a teacher with another tokenizer or image size than the student (each model then sees the rows
-its own way)::
+its own way), give this command the flags of the training run::
 
-    python -m lightning_modules.teacher_cache --config configs/msd.yaml [--teacher PATH] [--cache-dir DIR]
+    python -m lightning_modules.teacher_cache --config configs/msd.yaml [--data.data_dir ...] [--device cuda]
 
-reads the config's ``data`` section, tokenizes and resizes for the teacher, and writes the file that training
-(same config) then reads.
+It parses them as ``train.py`` does, tokenizes and resizes for the teacher, and writes the file that training then
+reads.
 """
 
 from __future__ import annotations
@@ -29,24 +32,29 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import logging
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_info
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from datamodules.io import ConfigError, atomic_path
+from datamodules.io import ConfigError
 from lightning_modules.backbones import model_fingerprint
 from lightning_modules.modality import views
+from lightning_modules.shard_cache import save_tensor
 
-log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
+                   "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+OPTIMISER_ARGS = ("lr", "weight_decay", "warmup_steps", "lr_schedule", "init_seed", "image_pretrained",
+                  "trust_remote_code")
 
 
 @dataclass(frozen=True)
@@ -69,46 +77,40 @@ class TeacherSettings:
 
 
 class TeacherOutputs:
-    """Teacher logits on the three views of each training row: ``lookup(index (B,)) -> (3, B, L)``."""
+    """Teacher logits on the three views of every training row: ``lookup(index (B,)) -> (3, B, L)``."""
 
-    def __init__(self, logits: Tensor, index: Tensor) -> None:
-        if logits.ndim != 3 or logits.shape[1] != 3 or index.shape != logits.shape[:1]:
-            raise ValueError(f"need logits (N, 3, L) and index (N,), got {tuple(logits.shape)}, {tuple(index.shape)}")
-        if index.numel() != index.unique().numel():
-            raise ValueError("teacher outputs hold a row index twice")
-        self.logits, self.index = logits.float(), index.long()  # (N, 3, L), (N,)
-        self._row = torch.full((int(index.max()) + 1 if index.numel() else 0,), -1, dtype=torch.long)
-        self._row[self.index] = torch.arange(index.numel())
+    def __init__(self, logits: Tensor) -> None:
+        if logits.ndim != 3 or logits.shape[1] != 3:
+            raise ValueError(f"need logits (N, 3, L), got {tuple(logits.shape)}")
+        self.logits = logits.float()  # (N, 3, L), row i = the row of index i
 
     @property
     def num_labels(self) -> int:
         return int(self.logits.shape[-1])
 
+    def to(self, device: torch.device | str) -> TeacherOutputs:
+        self.logits = self.logits.to(device)
+        return self
+
     def lookup(self, index: Tensor) -> Tensor:
-        """The cached logits (3, B, L) of the rows ``index`` (B,) (on the CPU)."""
-        index = index.detach().cpu().long()
-        inside = (index >= 0) & (index < self._row.numel())
-        rows = torch.where(inside, self._row[index.clamp(0, max(self._row.numel() - 1, 0))], -1)  # (B,)
-        if bool((rows < 0).any()):
-            missing = index[rows < 0][:5].tolist()
-            raise KeyError(f"rows {missing} are not in the teacher-output cache (computed for other data?)")
-        return self.logits[rows].transpose(0, 1)  # (3, B, L)
+        """The cached logits (3, B, L) of the rows ``index`` (B,), on the cache's device."""
+        if index.device.type == "cpu" and index.numel() and int(index.max()) >= self.logits.shape[0]:
+            raise KeyError(f"row {int(index.max())} is not in the teacher-output cache of {self.logits.shape[0]} "
+                           "rows (computed for other data?)")
+        return self.logits[index.to(self.logits.device)].transpose(0, 1)  # (3, B, L)
 
     def save(self, path: Path, metadata: dict[str, str]) -> None:
-        with atomic_path(path) as tmp:
-            save_file({"logits": self.logits.contiguous(), "index": self.index.contiguous()}, str(tmp),
-                      metadata=metadata)
+        save_tensor(path, "logits", self.logits.cpu(), metadata)
 
     @classmethod
     def load(cls, path: Path) -> TeacherOutputs:
-        tensors = load_file(str(path))
-        return cls(tensors["logits"], tensors["index"])
+        return cls(load_file(str(path))["logits"])
 
 
 def cache_metadata(teacher: Any, data_fp: str, settings: TeacherSettings) -> dict[str, str]:
-    """The key's parts: the teacher's weights and backbones, the rows, the settings."""
-    th = teacher.hparams
-    teacher_fp = model_fingerprint(teacher.net, f"{th.image_backbone}+{th.text_backbone}")
+    """The key's parts: the teacher (weights, shaping settings), the rows, the settings."""
+    config = {k: v for k, v in teacher.classifier_config().items() if k not in OPTIMISER_ARGS}
+    teacher_fp = model_fingerprint(teacher.net, json.dumps(config, sort_keys=True))
     return {"teacher": teacher_fp, "data": data_fp, "settings": json.dumps(asdict(settings), sort_keys=True)}
 
 
@@ -124,39 +126,48 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 
 
 @torch.no_grad()
-def compute_outputs(
-    teacher: nn.Module, batches: Any, settings: TeacherSettings, tokenizer: Any, device: torch.device | str = "cpu",
-    to_device: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-    context: Callable[[], AbstractContextManager] = nullcontext,
-) -> TeacherOutputs:
-    """Run ``teacher`` (eval mode) on the three views of every batch: this process's :class:`TeacherOutputs`."""
+def compute_outputs(teacher: nn.Module, batches: Any, num_rows: int, settings: TeacherSettings, tokenizer: Any,
+                    device: torch.device | str = "cpu") -> Tensor:
+    """Logits (num_rows, 3, L) of ``teacher`` (eval mode, float32) on the three views of every batch, on the CPU; rows
+    that no batch holds (another rank's shard) stay 0."""
     was_training = teacher.training
     teacher.eval()
-    logits, index = [], []
+    result: Tensor | None = None
     for batch in batches:
-        batch = to_device(batch) if to_device is not None else {k: v.to(device) if isinstance(v, Tensor) else v
-                                                               for k, v in batch.items()}
+        batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
         v = views(batch, settings.image_mode, settings.text_mode, tokenizer, settings.image_mean, settings.image_std)
-        with context():
+        with torch.autocast(torch.device(device).type, enabled=False):
             out = teacher(v).float()  # (3B, L)
-        logits.append(out.view(3, -1, out.shape[-1]).transpose(0, 1).cpu())  # (B, 3, L)
-        index.append(batch["index"].cpu())
+        if result is None:
+            result = torch.zeros(num_rows, 3, out.shape[-1])
+        result[batch["index"].cpu()] = out.view(3, -1, out.shape[-1]).transpose(0, 1).cpu()  # (B, 3, L)
     teacher.train(was_training)
-    if not logits:
-        return TeacherOutputs(torch.zeros(0, 3, 1), torch.zeros(0, dtype=torch.long))
-    return TeacherOutputs(torch.cat(logits), torch.cat(index))
+    return result if result is not None else torch.zeros(num_rows, 3, 1)
 
 
-def gather(outputs: TeacherOutputs) -> TeacherOutputs:
-    """All ranks' shards joined (every rank gets the whole), sorted by index; the input itself on one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return outputs
-    parts: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (outputs.logits, outputs.index))
-    shards = [(lg, ix) for lg, ix in parts if ix.numel()]
-    logits, index = torch.cat([lg for lg, _ in shards]), torch.cat([ix for _, ix in shards])
-    order = index.argsort()
-    return TeacherOutputs(logits[order], index[order])
+def teacher_path(teacher: str, recipe: str | None, strategy: Any) -> Path:
+    """The teacher's path; when it is missing and ``recipe`` names a training config, rank 0 first trains it with
+    ``train.py fit --config recipe`` (which must export it there: ``callbacks.ExportModel``). Other ranks wait."""
+    path = Path(teacher)
+    if not path.exists() and recipe:
+        failed = ""
+        if strategy.is_global_zero:
+            rank_zero_info(f"no teacher at {path}: training one with {recipe}")
+            cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", recipe]
+            # A plain one-process run, even from inside a DDP job: none of the launcher's variables.
+            env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            failed = done.stderr[-2000:] if done.returncode != 0 else ""
+        failed = strategy.broadcast(failed, src=0)  # every rank raises, none waits forever
+        if failed:
+            raise ConfigError(f"training the teacher with {recipe} failed: {failed}")
+        if not path.exists():
+            raise ConfigError(f"{recipe} trained, but wrote no teacher at {path}: its callbacks.ExportModel must "
+                              f"have dirpath {path}")
+    if not path.exists():
+        raise ConfigError(f"no teacher at {path}: train one (python train.py fit --config "
+                          "configs/multimodal_teacher.yaml) or set model.teacher_recipe")
+    return path
 
 
 def check_teacher_data(teacher: Any, datamodule: Any) -> None:
@@ -173,40 +184,35 @@ def check_teacher_data(teacher: Any, datamodule: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Fill the teacher-output cache of a training config (module docstring)."""
-    import yaml
-
+    """Fill the teacher-output cache of a training run, given its train.py flags (module docstring)."""
     from datamodules.multimodal import MultimodalDataModule
     from lightning_modules.multimodal import MultimodalClassifier
+    from train import SuiteCLI
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="an MSD training config (its data and model sections)")
-    parser.add_argument("--teacher", help="the teacher (exported folder or .ckpt); default: the config's")
-    parser.add_argument("--cache-dir", help="default: the config's model.cache_dir")
-    args = parser.parse_args(argv)
-    config = yaml.safe_load(Path(args.config).read_text())
-    model_args = dict((config.get("model") or {}).get("init_args") or {})
-    data_args = dict((config.get("data") or {}).get("init_args") or {})
-    teacher_path = args.teacher or model_args.get("teacher")
-    cache_dir = args.cache_dir or model_args.get("cache_dir", ".cache/msd_teacher")
-    if not teacher_path:
-        raise ConfigError(f"{args.config}: no model.init_args.teacher; pass --teacher")
-    teacher = MultimodalClassifier.load(teacher_path)
+    parser.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda, cuda:1...)")
+    args, flags = parser.parse_known_args(argv)
+    cli = SuiteCLI(args=flags, run=False)  # the training run's model and data arguments, as train.py reads them
+    h = cli.model.hparams
+    if "teacher" not in h:
+        raise ConfigError(f"the model is {type(cli.model).__name__}, not MSD: nothing to cache")
+    teacher = MultimodalClassifier.load(h.teacher).to(args.device)
     th = teacher.hparams
     # The teacher sees the rows its own way: its tokenizer and image size.
+    data_args = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}  # less CLI bookkeeping
     dm = MultimodalDataModule(**{**data_args, "tokenizer": th.text_backbone, "image_size": th.image_size})
     dm.setup("fit")
     check_teacher_data(teacher, dm)
-    settings = TeacherSettings.of(teacher, dm, model_args.get("image_removal", "zero"),
-                                  model_args.get("text_removal", "empty"))
+    settings = TeacherSettings.of(teacher, dm, h.image_removal, h.text_removal)
     meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
-    path = cache_file(cache_dir, meta)
+    path = cache_file(h.cache_dir, meta)
     if path.exists():
         print(f"teacher outputs already cached: {path}")
         return path
-    outputs = compute_outputs(teacher.net, dm.eval_loader("train"), settings, dm.tokenizer)
-    outputs.save(path, meta)
-    print(f"teacher outputs of {outputs.index.numel()} rows cached: {path}")
+    rows = len(dm.examples("train"))
+    TeacherOutputs(compute_outputs(teacher.net, dm.eval_loader("train"), rows, settings, dm.tokenizer,
+                                   args.device)).save(path, meta)
+    print(f"teacher outputs of {rows} rows cached: {path}")
     return path
 
 

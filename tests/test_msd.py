@@ -6,8 +6,10 @@ dependence) is trained once per module, by MSD itself through ``teacher_recipe``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,12 +24,19 @@ from sklearn.metrics import roc_auc_score
 from datamodules.multimodal import MultimodalDataModule
 from lightning_modules import msd as msd_module
 from lightning_modules.bilevel import WeightNet, lookahead_grads
-from lightning_modules.losses.distill import kd_softmax
+from lightning_modules.losses.distill import kd_sigmoid, kd_softmax
 from lightning_modules.losses.msd import modality_saliency
 from lightning_modules.modality import views
 from lightning_modules.msd import MSD
 from lightning_modules.multimodal import MultimodalClassifier
-from lightning_modules.teacher_cache import TeacherOutputs, TeacherSettings, compute_outputs
+from lightning_modules.teacher_cache import (
+    TeacherOutputs,
+    TeacherSettings,
+    cache_file,
+    cache_metadata,
+    compute_outputs,
+    read_metadata,
+)
 from lightning_modules.teacher_cache import main as cache_main
 from train import main
 
@@ -99,7 +108,7 @@ def test_recipe_trains_the_teacher_then_msd_caches_it_and_exports_the_student(tr
     assert load_file(cached[0])["logits"].shape == (600, 3, 2)  # every training row, three views
     # The student checkpoint holds the student only: no teacher weight, and the teacher was dropped after caching.
     ckpt = torch.load(next((root / "run").rglob("*.ckpt")), map_location="cpu", weights_only=True)
-    assert all(k.startswith("net.") or k == "dataset_saliency" for k in ckpt["state_dict"])
+    assert all(k.startswith("net.") for k in ckpt["state_dict"])
     assert cli.model.teacher.model is None
     # The exported student alone reproduces the trained module's predictions.
     student = MultimodalClassifier.load(root / "student")
@@ -115,11 +124,11 @@ def test_saliency_recovers_the_planted_modality(trained: dict[str, Any]) -> None
     modality carries from those the other modality carries (AUROC >= 0.9), for both saliencies."""
     teacher = MultimodalClassifier.load(trained["root"] / "teacher")
     dm = val_module(trained["root"])
-    out = compute_outputs(teacher.net, dm.eval_loader("train"), TeacherSettings.of(teacher, dm, "blank", "empty"),
-                          dm.tokenizer)
     rows = dm.examples("train")
+    out = compute_outputs(teacher.net, dm.eval_loader("train"), len(rows),
+                          TeacherSettings.of(teacher, dm, "blank", "empty"), dm.tokenizer)
     labels, planted = torch.tensor([e.label for e in rows]), torch.tensor([e.planted for e in rows])
-    logits = out.lookup(torch.tensor([e.index for e in rows]))  # (3, N, L)
+    logits = TeacherOutputs(out).lookup(torch.tensor([e.index for e in rows]))  # (3, N, L)
     assert (logits[0].argmax(-1) == labels).float().mean() >= 0.95  # the teacher is trained
     one = planted < 2  # rows carried by exactly one modality
     for kind in ("kl", "prob_drop"):
@@ -155,7 +164,7 @@ def test_cache_equals_live_teacher_and_the_cli_writes_the_same_file(trained: dic
     config.write_text(yaml.safe_dump(base))
     assert cache_main(["--config", str(config)]) == cached_file
     # ... and into an empty folder writes the same outputs.
-    fresh = cache_main(["--config", str(config), "--cache-dir", str(tmp_path / "fresh")])
+    fresh = cache_main(["--config", str(config), "--model.cache_dir", str(tmp_path / "fresh")])
     assert fresh.name == cached_file.name
     torch.testing.assert_close(load_file(fresh)["logits"], cached.logits, atol=1e-5, rtol=0)
     # A second MSD run reads the cache: no teacher forward at all.
@@ -279,8 +288,16 @@ def test_weight_net_starts_uniform_and_learned_msd_trains_it(trained: dict[str, 
     assert not model.automatic_optimization and cli.trainer.global_step == 4  # one student step per batch
     assert float(model.weight_net.mlp[-1].weight.abs().sum()) > 0  # the meta steps moved it
     assert {"train/heldout_loss", "train/weight_image", "train/weight_text"} <= set(cli.trainer.callback_metrics)
-    ckpt = torch.load(next(tmp_path.rglob("*.ckpt")), map_location="cpu", weights_only=True)
-    assert "msd_meta_optimizer" in ckpt and any(k.startswith("weight_net.") for k in ckpt["state_dict"])
+    ckpt_path = next(tmp_path.rglob("*.ckpt"))
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    assert any(k.startswith("weight_net.") for k in ckpt["state_dict"])
+    assert ckpt["msd_meta_optimizer"]["state"][0]["step"] == 4  # one meta step per batch
+    # Resuming restores the weight network and its Adam state: 2 more steps continue from step 4.
+    resumed = main(["fit", *msd_args(trained["root"], "--model.weighting", "learned", "--data.heldout_fraction",
+                                     "0.1", "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
+                                     "--trainer.default_root_dir", str(tmp_path / "resumed"),
+                                     "--ckpt_path", str(ckpt_path))])
+    assert resumed.model._meta_opt.state_dict()["state"][0]["step"] == 6
     assert len(cli.datamodule.datasets["heldout"]) == 60 and len(cli.datamodule.datasets["train"]) == 540
     with pytest.raises(SystemExit):  # learned weights need held-out rows
         main(["fit", *msd_args(trained["root"], "--model.weighting", "learned", "--trainer.max_steps", "1",
@@ -310,10 +327,14 @@ def test_learned_weights_under_ddp_stay_in_sync(trained: dict[str, Any], tmp_pat
             *msd_args(trained["root"], "--model.weighting", "learned", "--data.heldout_fraction", "0.1",
                       "--trainer.max_steps", "3", "--trainer.limit_val_batches", "0", "--trainer.devices", "2",
                       "--trainer.strategy", "ddp", "--trainer.callbacks+=ranks_check.SameOnRanks",
-                      "--trainer.default_root_dir", str(tmp_path))]
+                      "--model.cache_dir", str(tmp_path / "cache"), "--trainer.default_root_dir", str(tmp_path))]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "same_on_ranks").exists()
+    # The teacher outputs were computed in two shards and gathered: the same file as one process wrote.
+    (one,), (two,) = (trained["root"] / "cache").glob("*.safetensors"), (tmp_path / "cache").glob("*.safetensors")
+    assert one.name == two.name
+    torch.testing.assert_close(load_file(two)["logits"], load_file(one)["logits"], atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------------ MSD against KD
@@ -345,3 +366,88 @@ def test_msd_against_plain_kd_at_equal_steps(trained: dict[str, Any], tmp_path: 
     assert all(r["accuracy"] > 0.55 for r in results.values())  # both above chance (0.5) after 38 steps
     assert results["instance"]["kd_image"] + results["instance"]["kd_text"] < \
         results["none"]["kd_image"] + results["none"]["kd_text"]
+
+
+# ---------------------------------------------------------------------------- multi-label, another teacher
+def multi_label_rows(path: Path) -> Path:
+    """24 rows of the synthetic images with multi-label genres: a list of names per row."""
+    genres = [["a"], ["b"], ["a", "c"], ["b", "c"], [], ["a", "b", "c"]]
+    return write_rows(path, [genres[i % len(genres)] for i in range(24)])
+
+
+def export_untrained(path: Path, **kwargs: Any) -> Path:
+    MultimodalClassifier(image_backbone="timm:test_resnet", fusion_hidden=32, **kwargs).export(path)
+    return path
+
+
+@pytest.mark.parametrize("weighting", ["instance", "learned"])
+def test_multi_label_msd_uses_sigmoid_kd(tmp_path: Path, weighting: str) -> None:
+    train = multi_label_rows(tmp_path / "train.jsonl")
+    teacher = export_untrained(tmp_path / "teacher", image_size=SIZE, num_labels=3, multi_label=True,
+                               label_names=["a", "b", "c"])
+    cli = main(["fit", *msd_args(tmp_path, "--data.train_file", str(train), "--data.val_file", str(train),
+                                 "--model.weighting", weighting, "--data.heldout_fraction", "0.25",
+                                 "--data.batch_size", "6", "--trainer.max_epochs", "1", "--model.teacher_recipe",
+                                 "null", "--trainer.callbacks", "[]", teacher=teacher)])
+    model = cli.model
+    assert model.hparams.multi_label is True and model.hparams.num_labels == 3
+    assert {"val/f1_micro", "val/f1_macro", "train/kd_image", "train/kd_text"} <= set(cli.trainer.callback_metrics)
+    # The logged full-input KD is the sigmoid form: recompute it on a training batch from the cache.
+    batch = next(iter(cli.datamodule.train_dataloader()))
+    t = model.teacher.outputs.lookup(batch["index"])
+    model.eval()
+    with torch.no_grad():
+        s = model.net(batch)
+    _, parts = model._loss(torch.stack([s, s, s]), t, batch["labels"], torch.zeros(len(s), 2))
+    torch.testing.assert_close(parts["kd"], kd_sigmoid(s, t[0], 2.0)[0])
+
+
+def test_teacher_with_another_image_size_needs_its_cache_made_apart(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    """A 32 px teacher cannot read the student's 48 px batches live; the cache CLI resizes for the teacher, then
+    MSD (cached) reads that file and trains without the teacher."""
+    teacher = export_untrained(tmp_path / "teacher", image_size=32, num_labels=2, label_names=["0", "1"])
+    train = write_rows(tmp_path / "train.jsonl", [0, 1] * 8)
+    common = ["--data.train_file", str(train), "--data.val_file", "null", "--model.teacher_recipe", "null",
+              "--trainer.max_steps", "1", "--trainer.callbacks", "[]"]
+    with pytest.raises(SystemExit):
+        main(["fit", *msd_args(tmp_path, *common, "--model.teacher_outputs", "live")])
+    assert "the teacher takes 32px images, the data makes 48px" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # cached but not made yet: the same reason, and how to make it
+        main(["fit", *msd_args(tmp_path, *common)])
+    assert "python -m lightning_modules.teacher_cache" in capsys.readouterr().err
+    config = yaml.safe_load((ROOT / "configs/msd.yaml").read_text())
+    config["model"]["init_args"].update(teacher=str(teacher), cache_dir=str(tmp_path / "cache"))
+    config["data"]["init_args"].update(train_file=str(train), val_file=None, test_file=None, image_size=SIZE)
+    (tmp_path / "msd.yaml").write_text(yaml.safe_dump(config))
+    made = cache_main(["--config", str(tmp_path / "msd.yaml")])
+    assert json.loads(read_metadata(made)["settings"])["image_size"] == 32
+    cli = main(["fit", *msd_args(tmp_path, *common)])
+    assert cli.model.teacher.model is None and cli.trainer.global_step == 1
+
+
+def test_cache_key_changes_with_teacher_rows_and_settings(tmp_path: Path) -> None:
+    """Any change that can change the teacher's outputs names another cache file; nothing else does."""
+    rows = [json.loads(line) for line in (SYN / "train.jsonl").read_text().splitlines()[:4]]
+    for row in rows:
+        shutil.copy(SYN / row["img"], tmp_path / Path(row["img"]).name)
+        row["img"] = Path(row["img"]).name
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dm = MultimodalDataModule(train_file=str(tmp_path / "rows.jsonl"), image_size=SIZE, tokenizer="tiny-bert")
+    dm.setup("fit")
+
+    def teacher(**kwargs: Any) -> MultimodalClassifier:
+        return MultimodalClassifier(image_backbone="timm:test_resnet", fusion_hidden=32, num_labels=2,
+                                    image_size=SIZE, **kwargs)
+
+    t = teacher()
+    s = TeacherSettings.of(t, dm, "blank", "empty")
+    key = cache_file(tmp_path, cache_metadata(t, dm.fingerprint("train"), s))
+    assert cache_file(tmp_path, cache_metadata(teacher(lr=0.5), dm.fingerprint("train"), s)) == key  # optimiser only
+    others = [cache_metadata(teacher(init_seed=1), dm.fingerprint("train"), s),  # other weights
+              cache_metadata(teacher(text_pooling="mean"), dm.fingerprint("train"), s),  # same weights, other pooling
+              cache_metadata(t, dm.fingerprint("train"), dataclasses.replace(s, image_mode="zero")),
+              cache_metadata(t, dm.fingerprint("train"), dataclasses.replace(s, max_length=32))]
+    os.utime(tmp_path / Path(rows[0]["img"]).name, ns=(1, 1))  # an image rewritten in place
+    others.append(cache_metadata(t, dm.fingerprint("train"), s))
+    assert len({cache_file(tmp_path, m) for m in others} | {key}) == len(others) + 1

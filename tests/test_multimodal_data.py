@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision import transforms
 from transformers import BertTokenizerFast
 
 from datamodules import multimodal_synthetic as synth
@@ -398,3 +399,38 @@ def test_synthetic_is_deterministic_and_committed_set_matches(tmp_path: Path) ->
     synth.main(["--out", str(tmp_path / "a"), "--n-train", "4", "--n-val", "2", "--n-test", "0"])  # replaced whole
     assert len(list((tmp_path / "a" / "img").iterdir())) == 6
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def test_heldout_split_and_row_fingerprint(tiny: Any) -> None:
+    """``heldout_fraction`` sets a seeded share of the training rows aside (indices kept, eval transform); the
+    fingerprint names the rows, not the tokens or image size, and changes with any row's content."""
+    def module(**kwargs: Any) -> MultimodalDataModule:
+        dm = MultimodalDataModule(train_file=str(SYNTHETIC / "train.jsonl"), image_size=16, **kwargs)
+        dm._tokenizer = tiny
+        dm.setup("fit")
+        return dm
+
+    dm = module(heldout_fraction=0.1, horizontal_flip=True)
+    train, held = dm.datasets["train"].examples, dm.datasets["heldout"].examples
+    assert (len(train), len(held)) == (540, 60)
+    assert sorted(e.index for e in train + held) == list(range(600))
+    assert [e.index for e in dm.examples("train")] == list(range(600))  # all rows, in order
+    assert [e.index for e in module(heldout_fraction=0.1).datasets["heldout"].examples] == [e.index for e in held]
+    assert {e.index for e in module(heldout_fraction=0.1, seed=1).datasets["heldout"].examples} != \
+        {e.index for e in held}
+    def flips(split: str) -> bool:
+        return any(isinstance(t, transforms.RandomHorizontalFlip) for t in dm.datasets[split].transform.transforms)
+
+    assert flips("train") and not flips("heldout")  # held-out rows are evaluated, not augmented
+    batch = next(iter(dm.heldout_dataloader(rank=1, world_size=2)))
+    assert batch["index"].shape == (30,) and set(batch["index"].tolist()) <= {e.index for e in held}
+    with pytest.raises(ConfigError, match="heldout_fraction"):
+        module().heldout_dataloader()
+    plain = module()
+    assert plain.fingerprint("train") == dm.fingerprint("train")  # the same rows, held out or not
+    bigger = MultimodalDataModule(train_file=str(SYNTHETIC / "train.jsonl"), image_size=32, tokenizer="tiny-bert")
+    bigger.setup("fit")
+    assert bigger.fingerprint("train") == plain.fingerprint("train")  # not the tokens, not the image size
+    first = plain.datasets["train"].examples[0]
+    plain.datasets["train"].examples[0] = first._replace(text=first.text + " !")
+    assert plain.fingerprint("train") != dm.fingerprint("train")
