@@ -193,7 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     first = {k: v.to(args.device) if isinstance(v, torch.Tensor) else v for k, v in
              next(iter(dm.train_dataloader())).items()}
     with torch.no_grad():
-        diff = (models["cached"]._teacher_logits(first) - models["live"]._teacher_logits(first)).abs().max()
+        live = models["live"]
+        cached = models["cached"]._teacher_logits(first, {})
+        diff = (cached - live._teacher_logits(first, live._inputs(first))).abs().max()
     print(f"cached vs live teacher logits (3 views of a training batch), max abs difference: {float(diff):.2e}")
     best = {name: float("inf") for name in models}
     busy0, own0, wall0 = machine_busy_seconds(), own_cpu_seconds(), time.perf_counter()

@@ -271,29 +271,22 @@ class MSD(MultimodalClassifier):
         self._meta_state, self._meta_opt = checkpoint.get("msd_meta_optimizer"), None
 
     # ------------------------------------------------------------------------------------------ objective
-    def _teacher_logits(self, batch: dict[str, Any]) -> Tensor:
-        """The teacher's logits (3, B, L) on the full, image-only and text-only inputs; a live teacher under plain
-        KD sees only the full input (1, B, L) (no saliency is logged then)."""
-        assert self.teacher is not None, "MSD's teacher is prepared in setup('fit')"
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """What both models see: the three views stacked (3B rows), or the full input alone (B rows) for plain KD."""
+        if self.hparams.weighting == "none":
+            return batch
+        s = self.teacher.settings
+        return views(batch, s.image_mode, s.text_mode, self.tokenizer, s.image_mean, s.image_std)
+
+    def _teacher_logits(self, batch: dict[str, Any], inputs: dict[str, Any]) -> Tensor:
+        """The teacher's logits (3, B, L) on the full, image-only and text-only inputs (cached: all three); a live
+        teacher under plain KD sees only the full input (1, B, L) (no saliency is logged then)."""
         if self.teacher.outputs is not None:
             return self.teacher.outputs.lookup(batch["index"]).to(self.device)
-        s = self.teacher.settings
-        inputs = batch if self.hparams.weighting == "none" else views(batch, s.image_mode, s.text_mode,
-                                                                       self.tokenizer, s.image_mean, s.image_std)
         floats = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # float32, as when cached
             out = self.teacher.model.net(floats)  # (3B, L) or (B, L)
         return out.float().view(-1, batch["labels"].shape[0], out.shape[-1])
-
-    def _student_logits(self, batch: dict[str, Any]) -> Tensor:
-        """The student's logits (3, B, L) on the three views ((1, B, L), the full input only, for plain KD)."""
-        if self.hparams.weighting == "none":
-            inputs = batch
-        else:
-            s = self.teacher.settings
-            inputs = views(batch, s.image_mode, s.text_mode, self.tokenizer, s.image_mean, s.image_std)
-        out = self.net(inputs)  # (3B, L) or (B, L)
-        return out.view(-1, batch["labels"].shape[0], out.shape[-1])
 
     def _loss(self, student: Tensor, teacher: Tensor, labels: Tensor, weights: Tensor | None
               ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -313,13 +306,15 @@ class MSD(MultimodalClassifier):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         h, labels = self.hparams, batch["labels"]
-        teacher = self._teacher_logits(batch)  # (3, B, L), or (1, B, L)
+        inputs = self._inputs(batch)
+        teacher = self._teacher_logits(batch, inputs)  # (3, B, L), or (1, B, L)
         saliency = None if teacher.shape[0] == 1 else modality_saliency(
             teacher[0], teacher[1:], labels, h.saliency, h.multi_label)  # (B, M)
         meta = self.learned and batch_idx % h.meta_every == 0
         # The meta step differentiates through the student's forward twice: no fused attention kernel can.
         with sdpa_kernel(SDPBackend.MATH) if meta else nullcontext():
-            student = self._student_logits(batch)  # (3, B, L), or (1, B, L) for plain KD
+            out = self.net(inputs)  # (3B, L), or (B, L) for plain KD
+        student = out.view(-1, labels.shape[0], out.shape[-1])  # (3, B, L), or (1, B, L)
         weights = None
         if self.learned:
             features = self._saliency_features(teacher, labels)  # (B, 2M)

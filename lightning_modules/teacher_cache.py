@@ -129,9 +129,18 @@ def read_metadata(path: str | Path) -> dict[str, str]:
 def compute_outputs(teacher: nn.Module, batches: Any, num_rows: int, settings: TeacherSettings, tokenizer: Any,
                     device: torch.device | str = "cpu") -> Tensor:
     """Logits (num_rows, 3, L) of ``teacher`` (eval mode, float32) on the three views of every batch, on the CPU; rows
-    that no batch holds (another rank's shard) stay 0."""
+    that no batch holds (another rank's shard) stay 0. The global RNG is left as it was (iterating a DataLoader
+    draws from it), so a run trains the same whether it computed the cache or read it."""
     was_training = teacher.training
     teacher.eval()
+    with torch.random.fork_rng(devices=[]):
+        result = _forward_all(teacher, batches, num_rows, settings, tokenizer, device)
+    teacher.train(was_training)
+    return result if result is not None else torch.zeros(num_rows, 3, 1)
+
+
+def _forward_all(teacher: nn.Module, batches: Any, num_rows: int, settings: TeacherSettings, tokenizer: Any,
+                 device: torch.device | str) -> Tensor | None:
     result: Tensor | None = None
     for batch in batches:
         batch = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
@@ -141,8 +150,7 @@ def compute_outputs(teacher: nn.Module, batches: Any, num_rows: int, settings: T
         if result is None:
             result = torch.zeros(num_rows, 3, out.shape[-1])
         result[batch["index"].cpu()] = out.view(3, -1, out.shape[-1]).transpose(0, 1).cpu()  # (B, 3, L)
-    teacher.train(was_training)
-    return result if result is not None else torch.zeros(num_rows, 3, 1)
+    return result
 
 
 def teacher_path(teacher: str, recipe: str | None, strategy: Any) -> Path:

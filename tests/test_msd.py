@@ -451,3 +451,15 @@ def test_cache_key_changes_with_teacher_rows_and_settings(tmp_path: Path) -> Non
     os.utime(tmp_path / Path(rows[0]["img"]).name, ns=(1, 1))  # an image rewritten in place
     others.append(cache_metadata(t, dm.fingerprint("train"), s))
     assert len({cache_file(tmp_path, m) for m in others} | {key}) == len(others) + 1
+
+
+def test_a_run_trains_the_same_whether_it_computed_the_cache_or_read_it(trained: dict[str, Any],
+                                                                       tmp_path: Path) -> None:
+    losses = []
+    for run in ("computes", "reads"):
+        cli = main(["fit", *msd_args(trained["root"], "--model.cache_dir", str(tmp_path / "cache"),
+                                     "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+                                     "--trainer.default_root_dir", str(tmp_path / run))])
+        losses.append(float(cli.trainer.callback_metrics["train/loss"]))
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert losses[0] == losses[1]  # dropout draws the same numbers: computing the cache took none of them
