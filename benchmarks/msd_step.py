@@ -136,7 +136,7 @@ def build_cache(teacher_path: str, dm: MultimodalDataModule, model_args: dict[st
                                   model_args.get("text_removal", "empty"))
     meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
     rows = len(dm.examples("train"))
-    outputs = TeacherOutputs(compute_outputs(teacher.net, dm.eval_loader("train"), rows, settings, dm.tokenizer,
+    outputs = TeacherOutputs(compute_outputs(teacher.net, dm.teacher_loader("train"), rows, settings, dm.tokenizer,
                                              device))  # float32, as MSD computes it whatever the precision
     outputs.save(cache_file(cache_dir, meta), meta)
     if device == "cuda":

@@ -4,8 +4,11 @@ For modules with an ``export(folder)`` method (:class:`~lightning_modules.multim
 whose export is the distilled student alone, without the teacher); ``MultimodalClassifier.load(folder)`` reads it
 back for inference::
 
-    python train.py fit --config configs/msd.yaml --trainer.callbacks+=ExportModel \\
-        --trainer.callbacks.dirpath=runs/msd/student
+    python train.py fit --config configs/multimodal_teacher.yaml --trainer.callbacks.dirpath=my_teacher
+    python train.py fit --model MultimodalClassifier --data MultimodalDataModule ... \\
+        --trainer.callbacks+=ExportModel --trainer.callbacks.dirpath=my_model
+
+Under one device or DDP (each rank holds the whole network); sharded strategies are refused at setup.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.io import ConfigError
@@ -32,6 +36,10 @@ class ExportModel(Callback):
         if not callable(getattr(pl_module, "export", None)):
             raise ConfigError(f"ExportModel needs a module with an export(folder) method; {type(pl_module).__name__} "
                               "has none")
+        strategy = trainer.strategy
+        if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
+            raise ConfigError(f"ExportModel writes the whole network from rank 0: one device or DDP, not "
+                              f"{type(strategy).__name__} (export a checkpoint afterwards instead)")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective: every rank asks

@@ -638,7 +638,7 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
             h.update(repr((e.index, e.id, e.image, st.st_size, st.st_mtime_ns, e.label, e.text)).encode())
         return h.hexdigest()[:16]
 
-    def eval_loader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
+    def teacher_loader(self, split: str, rank: int = 0, world_size: int = 1) -> DataLoader:
         """Unshuffled batches of this rank's share of :meth:`examples` (rows rank, rank + world, ...) with the
         evaluation transform: how the teacher's outputs are cached."""
         h = self.hparams

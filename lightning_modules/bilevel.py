@@ -34,7 +34,10 @@ class WeightNet(nn.Module):
         nn.init.zeros_(self.mlp[-1].bias)
 
     def forward(self, features: Tensor) -> Tensor:
-        return 2.0 * torch.sigmoid(self.mlp(features.float()))  # (B, M)
+        """In the network's own dtype (bf16 under ``bf16-true``), without autocast; float32 weights out."""
+        with torch.autocast(features.device.type, enabled=False):
+            out = self.mlp(features.to(self.mlp[0].weight.dtype))
+        return 2.0 * torch.sigmoid(out.float())  # (B, M)
 
 
 def lookahead_grads(

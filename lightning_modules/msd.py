@@ -23,8 +23,8 @@ mode, and never written into the student's checkpoints (it is held outside the m
 forward. ``live`` runs it on every batch. When ``teacher`` does not exist and ``teacher_recipe`` names a training
 config, that config is trained first (``train.py fit --config teacher_recipe``; it must export to ``teacher``).
 
-The three views go through the student as one batch of 3B rows: a student with BatchNorm would pool their
-statistics (the image-only and text-only rows included); the suite's students use LayerNorm. The teacher recipe
+The three views go through the student as one batch of 3B rows: a student with BatchNorm (a timm CNN) pools their
+statistics, the image-only and text-only rows included; the default student (a ViT) uses LayerNorm. The teacher recipe
 runs on rank 0 while the other ranks wait: under DDP train the teacher first when it takes longer than the process
 group's timeout.
 
@@ -148,6 +148,8 @@ class MSD(MultimodalClassifier):
         self._saliencies: list[Tensor] = []  # this epoch's (B, M) teacher saliencies, for the histograms
         self._heldout_loader: Any = None  # `learned`: the held-out rows, from the datamodule at setup
         self._heldout: Any = None  # an endless iterator over them
+        self._heldout_used = 0  # held-out batches drawn so far (checkpointed: a resumed run draws the next ones)
+        self._dataset_weights: Tensor | None = None  # (M,), the `dataset` scheme's, fixed at setup
         self._meta_opt: torch.optim.Optimizer | None = None
         self._meta_state: dict[str, Any] | None = None
 
@@ -180,8 +182,10 @@ class MSD(MultimodalClassifier):
                                           lambda: self._compute_outputs(teacher, dm, settings), meta)
             rank_zero_info(f"teacher outputs {'read from' if hit else 'cached in'} {path}")
             outputs = TeacherOutputs(logits)
-            if outputs.num_labels != dm.num_labels:
-                raise ConfigError(f"{path}: cached for {outputs.num_labels} classes, the data has {dm.num_labels}")
+            rows = len(dm.examples("train"))
+            if outputs.num_labels != dm.num_labels or outputs.logits.shape[0] != rows:
+                raise ConfigError(f"{path}: cached for {outputs.logits.shape[0]} rows of {outputs.num_labels} "
+                                  f"classes, the data has {rows} rows of {dm.num_labels}")
             teacher = None  # training runs no teacher forward
         elif mismatch:
             raise ConfigError(f"{mismatch}: a live teacher sees the student's batches; use teacher_outputs=cached "
@@ -190,6 +194,8 @@ class MSD(MultimodalClassifier):
             outputs = TeacherOutputs(self._compute_outputs(teacher, dm, settings))  # for the mean saliency only
         if h.weighting == "dataset":
             self.dataset_saliency.copy_(self._mean_saliency(outputs, dm))
+            self._dataset_weights = modality_weights(self.dataset_saliency[None], "dataset",
+                                                     dataset_mean=self.dataset_saliency)[0]  # (M,)
             rank_zero_info(f"mean teacher saliency (image, text): {self.dataset_saliency.tolist()}")
             if h.teacher_outputs == "live":
                 outputs = None
@@ -206,6 +212,9 @@ class MSD(MultimodalClassifier):
             if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
                 raise ConfigError("weighting=learned needs the whole student on each rank for its lookahead step: "
                                   f"one device or DDP, not {type(strategy).__name__}")
+            if str(self.trainer.precision) in ("16-mixed", "16-true"):
+                raise ConfigError("weighting=learned takes float32 or bfloat16: its meta-gradients are not loss-scaled "
+                                  f"(precision {self.trainer.precision})")
         elif "heldout" in dm.datasets:
             rank_zero_warn(f"data.heldout_fraction sets {len(dm.datasets['heldout'])} training rows aside, which only "
                            "weighting=learned uses")
@@ -225,7 +234,7 @@ class MSD(MultimodalClassifier):
         """Teacher logits (N, 3, L) of the training rows: each rank its shard (on its device), gathered."""
         device = self.trainer.strategy.root_device  # setup runs before the module is moved there
         teacher.to(device)
-        part = compute_outputs(teacher.net, dm.eval_loader("train", self.global_rank, self.trainer.world_size),
+        part = compute_outputs(teacher.net, dm.teacher_loader("train", self.global_rank, self.trainer.world_size),
                                len(dm.examples("train")), settings, dm.tokenizer, device)
         return gather_rows(part)
 
@@ -242,17 +251,23 @@ class MSD(MultimodalClassifier):
         if self.teacher.model is not None:
             self.teacher.model.to(self.device).eval()
         if self.teacher.outputs is not None:
-            self.teacher.outputs.to(self.device)  # lookups by the batch's index, no host sync
+            self.teacher.outputs.to(self.device)  # lookups by the batch's index, no host transfer
+        if self._dataset_weights is not None:
+            self._dataset_weights = self._dataset_weights.to(self.device)
         if self.learned:
-            self._heldout = self._cycle(self._heldout_loader)
+            self._heldout = self._cycle(self._heldout_loader, self._heldout_used)
 
     @staticmethod
-    def _cycle(loader: Any) -> Any:
-        epoch = 0
+    def _cycle(loader: Any, start: int) -> Any:
+        """Held-out batches without end, from the ``start``-th on (a resumed run continues where it stopped)."""
+        epoch, skip = divmod(start, len(loader))
         while True:
             loader.sampler.set_epoch(epoch)
-            yield from loader
-            epoch += 1
+            batches = iter(loader)
+            for _ in range(skip):
+                next(batches)
+            yield from batches
+            epoch, skip = epoch + 1, 0
 
     def _meta_optimizer(self) -> torch.optim.Optimizer:
         """The weight network's Adam, made at the first meta step (after any checkpoint was restored, whatever the
@@ -264,11 +279,14 @@ class MSD(MultimodalClassifier):
         return self._meta_opt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self._meta_opt is not None:
-            checkpoint["msd_meta_optimizer"] = self._meta_opt.state_dict()
+        if self.learned:
+            state = self._meta_opt.state_dict() if self._meta_opt is not None else self._meta_state
+            checkpoint["msd_meta"] = {"optimizer": state, "heldout_used": self._heldout_used}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._meta_state, self._meta_opt = checkpoint.get("msd_meta_optimizer"), None
+        meta = checkpoint.get("msd_meta") or {}
+        self._meta_state, self._meta_opt = meta.get("optimizer"), None
+        self._heldout_used = int(meta.get("heldout_used", 0))
 
     # ------------------------------------------------------------------------------------------ objective
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -282,7 +300,7 @@ class MSD(MultimodalClassifier):
         """The teacher's logits (3, B, L) on the full, image-only and text-only inputs (cached: all three); a live
         teacher under plain KD sees only the full input (1, B, L) (no saliency is logged then)."""
         if self.teacher.outputs is not None:
-            return self.teacher.outputs.lookup(batch["index"]).to(self.device)
+            return self.teacher.outputs.lookup(batch["index"])
         floats = {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
         with torch.no_grad(), torch.autocast(self.device.type, enabled=False):  # float32, as when cached
             out = self.teacher.model.net(floats)  # (3B, L) or (B, L)
@@ -321,8 +339,10 @@ class MSD(MultimodalClassifier):
             if meta:
                 self._meta_step(batch, student, teacher, features)
             weights = self.weight_net(features).detach()  # (B, M), after the meta update
+        elif h.weighting == "dataset":
+            weights = self._dataset_weights.expand(labels.shape[0], -1)  # (B, M)
         elif h.weighting != "none":
-            weights = modality_weights(saliency, h.weighting, h.weight_temperature, self.dataset_saliency)
+            weights = modality_weights(saliency, h.weighting, h.weight_temperature)
         loss, parts = self._loss(student, teacher, labels, weights)
         if self.learned:
             self._student_step(loss)
@@ -349,6 +369,7 @@ class MSD(MultimodalClassifier):
         h = self.hparams
         held = self.trainer.precision_plugin.convert_input(self.transfer_batch_to_device(next(self._heldout),
                                                                                          self.device, 0))
+        self._heldout_used += 1
         params = {n: p for n, p in self.net.named_parameters() if p.requires_grad}
         inner_lr = h.meta_inner_lr or self.optimizers().param_groups[0]["lr"]
 
@@ -361,7 +382,7 @@ class MSD(MultimodalClassifier):
         meta = list(self.weight_net.parameters())
         grads, held_loss = lookahead_grads(params, train_loss, heldout_loss, meta, inner_lr)
         grads = average_across_ranks(grads)
-        if all(bool(torch.isfinite(g).all()) for g in grads):  # one overflow (16-bit) must not poison the weights
+        if bool(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all()):  # an overflow must not poison it
             for p, g in zip(meta, grads, strict=True):
                 p.grad = g
             self._meta_optimizer().step()
@@ -379,7 +400,7 @@ class MSD(MultimodalClassifier):
                 logged[f"weight_{name}"] = weights[:, m].mean()
         self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=batch_size)
         if saliency is not None:
-            self._saliencies.append(saliency.detach().cpu())
+            self._saliencies.append(saliency.detach())  # joined at the epoch's end: no host sync per step
 
     # --------------------------------------------------------------------------------------- histograms
     def on_train_epoch_end(self) -> None:

@@ -45,7 +45,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from datamodules.io import ConfigError
+from datamodules.io import ConfigError, DataError
 from lightning_modules.backbones import model_fingerprint
 from lightning_modules.modality import views
 from lightning_modules.shard_cache import save_tensor
@@ -153,20 +153,22 @@ def _forward_all(teacher: nn.Module, batches: Any, num_rows: int, settings: Teac
     return result
 
 
-def teacher_path(teacher: str, recipe: str | None, strategy: Any) -> Path:
+def teacher_path(teacher: str, recipe: str | None, strategy: Any = None) -> Path:
     """The teacher's path; when it is missing and ``recipe`` names a training config, rank 0 first trains it with
-    ``train.py fit --config recipe`` (which must export it there: ``callbacks.ExportModel``). Other ranks wait."""
+    ``train.py fit --config recipe`` (which must export it there: ``callbacks.ExportModel``). Other ranks wait
+    (``strategy`` None: one process)."""
     path = Path(teacher)
     if not path.exists() and recipe:
         failed = ""
-        if strategy.is_global_zero:
+        if strategy is None or strategy.is_global_zero:
             rank_zero_info(f"no teacher at {path}: training one with {recipe}")
             cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", recipe]
             # A plain one-process run, even from inside a DDP job: none of the launcher's variables.
             env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
             done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             failed = done.stderr[-2000:] if done.returncode != 0 else ""
-        failed = strategy.broadcast(failed, src=0)  # every rank raises, none waits forever
+        if strategy is not None:
+            failed = strategy.broadcast(failed, src=0)  # every rank raises, none waits forever
         if failed:
             raise ConfigError(f"training the teacher with {recipe} failed: {failed}")
         if not path.exists():
@@ -192,7 +194,8 @@ def check_teacher_data(teacher: Any, datamodule: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    """Fill the teacher-output cache of a training run, given its train.py flags (module docstring)."""
+    """Fill the teacher-output cache of a training run, given its train.py flags (module docstring); the teacher is
+    trained first by its ``teacher_recipe`` when it is missing."""
     from datamodules.multimodal import MultimodalDataModule
     from lightning_modules.multimodal import MultimodalClassifier
     from train import SuiteCLI
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> Path:
     h = cli.model.hparams
     if "teacher" not in h:
         raise ConfigError(f"the model is {type(cli.model).__name__}, not MSD: nothing to cache")
-    teacher = MultimodalClassifier.load(h.teacher).to(args.device)
+    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe)).to(args.device)
     th = teacher.hparams
     # The teacher sees the rows its own way: its tokenizer and image size.
     data_args = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}  # less CLI bookkeeping
@@ -218,11 +221,15 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"teacher outputs already cached: {path}")
         return path
     rows = len(dm.examples("train"))
-    TeacherOutputs(compute_outputs(teacher.net, dm.eval_loader("train"), rows, settings, dm.tokenizer,
+    TeacherOutputs(compute_outputs(teacher.net, dm.teacher_loader("train"), rows, settings, dm.tokenizer,
                                    args.device)).save(path, meta)
     print(f"teacher outputs of {rows} rows cached: {path}")
     return path
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -125,7 +125,7 @@ def test_saliency_recovers_the_planted_modality(trained: dict[str, Any]) -> None
     teacher = MultimodalClassifier.load(trained["root"] / "teacher")
     dm = val_module(trained["root"])
     rows = dm.examples("train")
-    out = compute_outputs(teacher.net, dm.eval_loader("train"), len(rows),
+    out = compute_outputs(teacher.net, dm.teacher_loader("train"), len(rows),
                           TeacherSettings.of(teacher, dm, "blank", "empty"), dm.tokenizer)
     labels, planted = torch.tensor([e.label for e in rows]), torch.tensor([e.planted for e in rows])
     logits = TeacherOutputs(out).lookup(torch.tensor([e.index for e in rows]))  # (3, N, L)
@@ -148,7 +148,7 @@ def test_cache_equals_live_teacher_and_the_cli_writes_the_same_file(trained: dic
     cached = TeacherOutputs.load(cached_file)
     dm = trained["cli"].datamodule
     s = TeacherSettings.of(teacher, dm, "blank", "empty")
-    for i, batch in enumerate(dm.eval_loader("train")):
+    for i, batch in enumerate(dm.teacher_loader("train")):
         with torch.no_grad():
             live = teacher.net(views(batch, s.image_mode, s.text_mode, dm.tokenizer, s.image_mean, s.image_std))
         torch.testing.assert_close(cached.lookup(batch["index"]), live.view(3, -1, 2), atol=1e-5, rtol=0)
@@ -291,13 +291,21 @@ def test_weight_net_starts_uniform_and_learned_msd_trains_it(trained: dict[str, 
     ckpt_path = next(tmp_path.rglob("*.ckpt"))
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert any(k.startswith("weight_net.") for k in ckpt["state_dict"])
-    assert ckpt["msd_meta_optimizer"]["state"][0]["step"] == 4  # one meta step per batch
+    assert ckpt["msd_meta"]["optimizer"]["state"][0]["step"] == 4  # one meta step per batch
+    assert ckpt["msd_meta"]["heldout_used"] == 4
     # Resuming restores the weight network and its Adam state: 2 more steps continue from step 4.
     resumed = main(["fit", *msd_args(trained["root"], "--model.weighting", "learned", "--data.heldout_fraction",
                                      "0.1", "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
                                      "--trainer.default_root_dir", str(tmp_path / "resumed"),
                                      "--ckpt_path", str(ckpt_path))])
     assert resumed.model._meta_opt.state_dict()["state"][0]["step"] == 6
+    assert resumed.model._heldout_used == 6
+    # The held-out batches continue where they stopped: from the k-th on, as an uninterrupted run draws them.
+    loader = cli.datamodule.heldout_dataloader()  # 60 rows: 2 batches per pass
+    fresh = [b["index"] for _, b in zip(range(6), MSD._cycle(loader, 0), strict=False)]
+    later = [b["index"] for _, b in zip(range(3), MSD._cycle(loader, 3), strict=False)]
+    assert all(torch.equal(a, b) for a, b in zip(fresh[3:], later, strict=True))
+    assert not torch.equal(fresh[0], fresh[2])  # each pass is reshuffled
     assert len(cli.datamodule.datasets["heldout"]) == 60 and len(cli.datamodule.datasets["train"]) == 540
     with pytest.raises(SystemExit):  # learned weights need held-out rows
         main(["fit", *msd_args(trained["root"], "--model.weighting", "learned", "--trainer.max_steps", "1",
@@ -353,7 +361,7 @@ def test_msd_against_plain_kd_at_equal_steps(trained: dict[str, Any], tmp_path: 
                                      "--trainer.default_root_dir", str(tmp_path / weighting))])
         student = cli.model.eval()
         kd, correct, n = torch.zeros(3), 0, 0
-        for batch in dm.eval_loader("train"):
+        for batch in dm.teacher_loader("train"):
             with torch.no_grad():
                 v = views(batch, s.image_mode, s.text_mode, dm.tokenizer, s.image_mean, s.image_std)
                 st, te = student.net(v).view(3, -1, 2), teacher.net(v).view(3, -1, 2)
