@@ -16,10 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.io import ConfigError
+from lightning_modules.strategies import whole_model_on_each_rank
 
 
 class ExportModel(Callback):
@@ -36,10 +36,9 @@ class ExportModel(Callback):
         if not callable(getattr(pl_module, "export", None)):
             raise ConfigError(f"ExportModel needs a module with an export(folder) method; {type(pl_module).__name__} "
                               "has none")
-        strategy = trainer.strategy
-        if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
+        if not whole_model_on_each_rank(trainer.strategy):
             raise ConfigError(f"ExportModel writes the whole network from rank 0: one device or DDP, not "
-                              f"{type(strategy).__name__} (export a checkpoint afterwards instead)")
+                              f"{type(trainer.strategy).__name__} (export a checkpoint afterwards instead)")
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         log_dir = trainer.log_dir  # a collective: every rank asks

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.func import functional_call
@@ -51,11 +50,12 @@ from datamodules.io import ConfigError
 from lightning_modules.backbones import seeded
 from lightning_modules.bilevel import WeightNet, average_across_ranks, lookahead_grads
 from lightning_modules.losses.distill import kd_sigmoid, kd_softmax, task_loss
-from lightning_modules.losses.msd import modality_saliency, modality_weights, msd_loss
+from lightning_modules.losses.msd import dataset_weights, modality_saliency, modality_weights, msd_loss
 from lightning_modules.modality import ImageMode, TextMode, views
 from lightning_modules.multimodal import MultimodalClassifier
 from lightning_modules.optim import configure_adamw
 from lightning_modules.shard_cache import gather_rows, load_or_compute
+from lightning_modules.strategies import whole_model_on_each_rank
 from lightning_modules.teacher_cache import (
     TeacherOutputs,
     TeacherSettings,
@@ -171,37 +171,40 @@ class MSD(MultimodalClassifier):
         check_teacher_data(teacher, dm)
         settings = TeacherSettings.of(teacher, dm, h.image_removal, h.text_removal)
         mismatch = self._live_mismatch(teacher, dm)
-        outputs = None
-        if h.teacher_outputs == "cached":
-            meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
-            path = cache_file(h.cache_dir, meta)
-            if mismatch and not trainer.strategy.broadcast(path.exists(), src=0):
-                raise ConfigError(f"{mismatch}: cache its outputs first (python -m lightning_modules.teacher_cache "
-                                  "with this run's flags)")
-            logits, hit = load_or_compute(trainer.strategy, path, "logits",
-                                          lambda: self._compute_outputs(teacher, dm, settings), meta)
-            rank_zero_info(f"teacher outputs {'read from' if hit else 'cached in'} {path}")
-            outputs = TeacherOutputs(logits)
-            rows = len(dm.examples("train"))
-            if outputs.num_labels != dm.num_labels or outputs.logits.shape[0] != rows:
-                raise ConfigError(f"{path}: cached for {outputs.logits.shape[0]} rows of {outputs.num_labels} "
-                                  f"classes, the data has {rows} rows of {dm.num_labels}")
-            teacher = None  # training runs no teacher forward
-        elif mismatch:
+        live = h.teacher_outputs == "live"
+        if live and mismatch:
             raise ConfigError(f"{mismatch}: a live teacher sees the student's batches; use teacher_outputs=cached "
                               "and python -m lightning_modules.teacher_cache")
-        elif h.weighting == "dataset":
-            outputs = TeacherOutputs(self._compute_outputs(teacher, dm, settings))  # for the mean saliency only
+        # A live teacher with `dataset` weights still takes its mean saliencies from the (cached) outputs.
+        outputs = self._cached_outputs(teacher, dm, settings, mismatch) if not live or h.weighting == "dataset" \
+            else None
         if h.weighting == "dataset":
             self.dataset_saliency.copy_(self._mean_saliency(outputs, dm))
-            self._dataset_weights = modality_weights(self.dataset_saliency[None], "dataset",
-                                                     dataset_mean=self.dataset_saliency)[0]  # (M,)
+            self._dataset_weights = dataset_weights(self.dataset_saliency)  # (M,)
             rank_zero_info(f"mean teacher saliency (image, text): {self.dataset_saliency.tolist()}")
-            if h.teacher_outputs == "live":
-                outputs = None
-        self.teacher = _Teacher(teacher, settings, outputs)
+        # Cached: training runs no teacher forward, the teacher is dropped. Live: the outputs are not kept.
+        self.teacher = _Teacher(teacher, settings, None) if live else _Teacher(None, settings, outputs)
         if self.learned:
             self._heldout_loader = dm.heldout_dataloader(self.global_rank, trainer.world_size)
+
+    def _cached_outputs(self, teacher: MultimodalClassifier, dm: Any, settings: TeacherSettings,
+                        mismatch: str | None) -> TeacherOutputs:
+        """The teacher's outputs on every training row: read from ``cache_dir``, or computed (rank shards) and
+        saved there."""
+        h, strategy = self.hparams, self.trainer.strategy
+        meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
+        path = cache_file(h.cache_dir, meta)
+        if mismatch and not strategy.broadcast(path.exists(), src=0):
+            raise ConfigError(f"{mismatch}: cache its outputs first (python -m lightning_modules.teacher_cache "
+                              "with this run's flags)")
+        logits, hit = load_or_compute(strategy, path, "logits", lambda: self._compute_outputs(teacher, dm, settings),
+                                      meta)
+        rank_zero_info(f"teacher outputs {'read from' if hit else 'cached in'} {path}")
+        rows = len(dm.examples("train"))
+        if logits.shape[-1] != dm.num_labels or logits.shape[0] != rows:
+            raise ConfigError(f"{path}: cached for {logits.shape[0]} rows of {logits.shape[-1]} classes, the data has "
+                              f"{rows} rows of {dm.num_labels}")
+        return TeacherOutputs(logits)
 
     def _check_data_and_strategy(self, dm: Any, strategy: Any) -> None:
         h = self.hparams
@@ -209,7 +212,7 @@ class MSD(MultimodalClassifier):
             if "heldout" not in dm.datasets:
                 raise ConfigError("weighting=learned fits its weights on held-out rows: set data.heldout_fraction "
                                   "(e.g. 0.1)")
-            if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, DDPStrategy | SingleDeviceStrategy):
+            if not whole_model_on_each_rank(strategy):
                 raise ConfigError("weighting=learned needs the whole student on each rank for its lookahead step: "
                                   f"one device or DDP, not {type(strategy).__name__}")
             if str(self.trainer.precision) in ("16-mixed", "16-true"):
@@ -326,8 +329,12 @@ class MSD(MultimodalClassifier):
         h, labels = self.hparams, batch["labels"]
         inputs = self._inputs(batch)
         teacher = self._teacher_logits(batch, inputs)  # (3, B, L), or (1, B, L)
-        saliency = None if teacher.shape[0] == 1 else modality_saliency(
-            teacher[0], teacher[1:], labels, h.saliency, h.multi_label)  # (B, M)
+        features = self._saliency_features(teacher, labels) if self.learned else None  # (B, 2M): kl, prob_drop
+        if features is not None:
+            saliency = features.view(-1, 2, len(MODALITIES))[:, 0 if h.saliency == "kl" else 1]  # (B, M)
+        else:
+            saliency = None if teacher.shape[0] == 1 else modality_saliency(
+                teacher[0], teacher[1:], labels, h.saliency, h.multi_label)  # (B, M)
         meta = self.learned and batch_idx % h.meta_every == 0
         # The meta step differentiates through the student's forward twice: no fused attention kernel can.
         with sdpa_kernel(SDPBackend.MATH) if meta else nullcontext():
@@ -335,7 +342,6 @@ class MSD(MultimodalClassifier):
         student = out.view(-1, labels.shape[0], out.shape[-1])  # (3, B, L), or (1, B, L)
         weights = None
         if self.learned:
-            features = self._saliency_features(teacher, labels)  # (B, 2M)
             if meta:
                 self._meta_step(batch, student, teacher, features)
             weights = self.weight_net(features).detach()  # (B, M), after the meta update

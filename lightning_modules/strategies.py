@@ -14,6 +14,14 @@ from lightning.pytorch.strategies import FSDPStrategy
 from torch import nn
 
 
+def whole_model_on_each_rank(strategy: Any) -> bool:
+    """True for one device or DDP, where every rank holds all the parameters; False for sharding strategies (FSDP,
+    DeepSpeed, model parallel)."""
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
+
+    return isinstance(strategy, DDPStrategy | SingleDeviceStrategy) and not isinstance(strategy, DeepSpeedStrategy)
+
+
 def decoder_layer_classes(model: nn.Module, names: list[str] | None = None) -> set[type[nn.Module]]:
     """Classes of ``model``'s submodules named in ``names`` or, by default, in any ``_no_split_modules``."""
     wanted = set(names or [])

@@ -219,9 +219,13 @@ def test_missing_teacher_and_bad_settings(tmp_path: Path, capsys: pytest.Capture
 
 
 # ------------------------------------------------------------------------------------------ weighting
-def test_dataset_weights_use_the_mean_training_saliency(trained: dict[str, Any], tmp_path: Path) -> None:
+@pytest.mark.parametrize("teacher_outputs", ["cached", "live"])
+def test_dataset_weights_use_the_mean_training_saliency(trained: dict[str, Any], tmp_path: Path,
+                                                        teacher_outputs: str) -> None:
     cli = main(["fit", *msd_args(trained["root"], "--model.weighting", "dataset", "--trainer.max_steps", "1",
-                                 "--trainer.limit_val_batches", "0", "--trainer.default_root_dir", str(tmp_path))])
+                                 "--model.teacher_outputs", teacher_outputs, "--trainer.limit_val_batches", "0",
+                                 "--trainer.default_root_dir", str(tmp_path))])
+    assert (cli.model.teacher.model is None) == (teacher_outputs == "cached")
     cached = TeacherOutputs.load(next((trained["root"] / "cache").glob("teacher-*.safetensors")))
     rows = cli.datamodule.examples("train")
     logits = cached.lookup(torch.tensor([e.index for e in rows]))

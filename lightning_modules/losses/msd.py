@@ -69,6 +69,15 @@ def modality_saliency(full_logits: Tensor, only_logits: Tensor, labels: Tensor, 
     raise ValueError(f"saliency must be 'kl' or 'prob_drop', got {kind!r}")
 
 
+def dataset_weights(mean: Tensor) -> Tensor:
+    """The ``dataset`` scheme's weights (M,) from each modality's mean saliency (M,): ``M * s̄_m / sum s̄`` with
+    negative means clipped to 0; all zero gives uniform weights."""
+    mean = mean.float().clamp(min=0)
+    total = mean.sum()
+    return torch.where(total > 0, len(mean) * mean / total.clamp(min=torch.finfo(mean.dtype).tiny),
+                       torch.ones_like(mean))
+
+
 def modality_weights(saliency: Tensor, scheme: Scheme = "uniform", temperature: float = 1.0,
                      dataset_mean: Tensor | None = None) -> Tensor:
     """Per-instance weights (B, M) of the modality KD terms from saliencies (B, M); see the module docstring."""
@@ -78,10 +87,7 @@ def modality_weights(saliency: Tensor, scheme: Scheme = "uniform", temperature: 
     if scheme == "dataset":
         if dataset_mean is None:
             raise ValueError("the 'dataset' scheme needs each modality's mean saliency over the training set")
-        mean = dataset_mean.float().clamp(min=0).to(saliency.device)  # (M,)
-        if float(mean.sum()) == 0.0:
-            return torch.ones(b, m, device=saliency.device)
-        return (m * mean / mean.sum()).expand(b, m)
+        return dataset_weights(dataset_mean.to(saliency.device)).expand(b, m)
     if scheme == "instance":
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
