@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m datamodules.instruction_following job --out runs/if_job
+	$(PY) -m pipelines.instruction_following job --out runs/if_job
 
 demo-dpo: $(STAMP)
 	$(PY) train.py fit --config configs/dpo.yaml
@@ -27,7 +27,7 @@ demo-critic: $(STAMP)
 		--ckpt_path runs/critic_rm/checkpoints/last.ckpt
 
 demo-prefix: $(STAMP)
-	$(PY) -m lightning_modules.prefix_report --out runs/prefix_report
+	$(PY) -m pipelines.prefix_report --out runs/prefix_report
 
 demo-unirex: $(STAMP)
 	$(PY) train.py fit --config configs/unirex.yaml

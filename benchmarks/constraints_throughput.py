@@ -52,18 +52,18 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datamodules.instruction_following.constraints import (  # noqa: E402
+from pipelines.instruction_following.constraints import (
     CONSTRAINT_TYPES,
     WORD_LIST,
     Constraint,
     SampleContext,
     _detect_cached,
     _langdetect_or_none,
-    _langdetect_state,  # noqa: E402
+    _langdetect_state,
     sample_constraints,
 )
-from datamodules.instruction_following.scoring import score, score_strict_loose  # noqa: E402
-from datamodules.instruction_following.synth import write_prompts  # noqa: E402
+from pipelines.instruction_following.scoring import score, score_strict_loose  # noqa: E402
+from pipelines.instruction_following.synth import write_prompts  # noqa: E402
 
 FORMS = ("story", "letter", "poem", "essay", "product description", "blog post", "speech", "riddle", "summary")
 FILLER = "the a of and to in is it that was for on with as by at from this be have not are".split()

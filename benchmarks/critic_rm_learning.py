@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datamodules.reward import RewardDataModule  # noqa: E402
-from lightning_modules.critic_rm import CriticRM  # noqa: E402
-from lightning_modules.rewardbench import PairwiseAccuracy  # noqa: E402
+from lightning_modules.critic_rm.metrics import PairwiseAccuracy  # noqa: E402
+from lightning_modules.critic_rm.module import CriticRM  # noqa: E402
 
 
 def train(use_critiques: bool, epochs: int, seed: int) -> tuple[CriticRM, RewardDataModule, int]:

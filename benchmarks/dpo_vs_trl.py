@@ -11,7 +11,7 @@ What is compared
     response tokens a common beginning of chosen and rejected (MCTS-style branching); 0 means only the prompt is
     shared.
 
-    - ours: ``lightning_modules.dpo.DPO(reference="copy")``, batches from ``collate_pairs(..., packed=True)``
+    - ours: ``lightning_modules.dpo.module.DPO(reference="copy")``, batches from ``collate_pairs(..., packed=True)``
       (one row per pair, prompt once) and, with ``--unpacked``, ``packed=False`` (two rows per pair). A plain loop
       times ``module._step`` (policy + reference forward) + backward + ``AdamW.step`` (no Trainer), so only the
       step itself is measured; batches are collated beforehand.
@@ -264,8 +264,8 @@ def run_ours(cfg: dict[str, Any], packed: bool, clock: StepClock) -> dict[str, A
     _quiet()
     import torch
 
-    from lightning_modules.dpo import DPO
-    from lightning_modules.packing import TokenizedPair, collate_pairs
+    from core.packing import TokenizedPair, collate_pairs
+    from lightning_modules.dpo.module import DPO
 
     _init_torch(cfg)
     device = cfg["device"]
@@ -317,7 +317,7 @@ def run_trl(cfg: dict[str, Any], clock: StepClock) -> dict[str, Any]:
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOConfig, DPOTrainer
 
-    from lightning_modules.backbones import build_causal_lm, load_tokenizer
+    from core.backbones import build_causal_lm, load_tokenizer
 
     _init_torch(cfg)
     device = cfg["device"]
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.flex and device != "cuda":
         raise SystemExit("--flex needs CUDA (FlexAttention's sparse kernels)")
     preset = args.preset or ("llama-1b-bench" if device == "cuda" else "tiny-llama-bench")
-    from lightning_modules.backbones import load_tokenizer
+    from core.backbones import load_tokenizer
 
     n_pairs = args.batch_size * (args.warmup + args.steps)
     pairs = make_pairs(load_tokenizer(preset), n_pairs, args.prompt_len, args.response_len,

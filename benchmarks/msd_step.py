@@ -3,7 +3,7 @@
 What is compared (one training step = the student's forward on its views + loss + backward + AdamW step, and for
 ``learned`` the bilevel meta step before it; the student and data of ``configs/msd.yaml``)
     cached        MSD, ``weighting: instance``, the teacher's logits on the three views (full, image only, text only)
-                  looked up from a :class:`~lightning_modules.teacher_cache.TeacherOutputs` cache: no teacher
+                  looked up from a :class:`~lightning_modules.msd.teacher.TeacherOutputs` cache: no teacher
                   forward in the step (the default).
     live          the same with ``teacher_outputs: live``: the teacher runs on the 3B rows of every batch.
     plain KD      ``weighting: none`` (cached teacher): task + KD on the full input only, the student's forward
@@ -65,15 +65,9 @@ for path in (ROOT, ROOT / "benchmarks"):
 from cpu_load import machine_busy_seconds, own_cpu_seconds  # noqa: E402
 
 from datamodules.multimodal import MultimodalDataModule  # noqa: E402
-from lightning_modules.msd import MSD  # noqa: E402
-from lightning_modules.multimodal import MultimodalClassifier  # noqa: E402
-from lightning_modules.teacher_cache import (  # noqa: E402
-    TeacherOutputs,
-    TeacherSettings,
-    cache_file,
-    cache_metadata,
-    compute_outputs,
-)
+from lightning_modules.msd.classifier import MultimodalClassifier  # noqa: E402
+from lightning_modules.msd.module import MSD  # noqa: E402
+from lightning_modules.msd.teacher import TeacherOutputs, TeacherSettings, cache_file, cache_metadata, compute_outputs  # noqa: E402
 
 VARIANTS = {
     "cached": dict(weighting="instance", teacher_outputs="cached"),

@@ -31,9 +31,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
-from lightning_modules.losses.distill import kd_softmax  # noqa: E402
-from lightning_modules.modality import views  # noqa: E402
-from lightning_modules.multimodal import MultimodalClassifier  # noqa: E402
+from core.losses import kd_softmax  # noqa: E402
+from lightning_modules.msd.classifier import MultimodalClassifier  # noqa: E402
+from lightning_modules.msd.modality import views  # noqa: E402
 from train import main  # noqa: E402
 
 

@@ -1,7 +1,8 @@
 """Task-prefix representations (Huang et al. 2023): batched k-prefix extraction, and the cost of adding a source task.
 
 What is compared
-    1. ``lightning_modules.prefix.extract`` with k prefixes at once (each batch of ``--batch-size`` texts repeated k
+    1. ``lightning_modules.prefix.networks.extract`` with k prefixes at once (each batch of ``--batch-size`` texts
+       repeated k
        times along the batch axis, one forward of k * batch rows) against k sequential one-prefix calls,
        concatenated in the same column order, on the same ``--n-texts`` texts (round-robin over
        ``data/multitask/*/train.jsonl``); random prefixes (``PrefixEncoder(...).materialize()``), mean pooling,
@@ -48,11 +49,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from cpu_load import machine_busy_seconds, own_cpu_seconds  # noqa: E402
 
+from core.backbones import build_encoder, load_tokenizer  # noqa: E402
 from datamodules.multitask import MultiTaskDataModule, TextTaskDataModule, manifest_tasks  # noqa: E402
-from lightning_modules.backbones import build_encoder, load_tokenizer  # noqa: E402
-from lightning_modules.multitask import MultiTaskEncoder  # noqa: E402
-from lightning_modules.prefix import Prefix, PrefixEncoder, PrefixShape, extract  # noqa: E402
-from lightning_modules.prefix_tuning import PrefixTuning  # noqa: E402
+from lightning_modules.prefix.module import PrefixTuning  # noqa: E402
+from lightning_modules.prefix.multitask import MultiTaskEncoder  # noqa: E402
+from lightning_modules.prefix.networks import Prefix, PrefixEncoder, PrefixShape, extract  # noqa: E402
 
 DATA = ROOT / "data" / "multitask"
 

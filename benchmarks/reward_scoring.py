@@ -5,8 +5,8 @@ What is compared
     model (``use_critiques=False``: one forward over prompt + response) and Critic-RM with ``num_critiques=m`` for
     each ``--m`` (greedy for m = 1, ``critique_temperature=0.8`` above; ``max_critique_tokens=--critique-tokens``;
     then one forward over prompt + response + request + critique per critique). Both score every pair of
-    ``--pairs`` (chosen and rejected) through the path users take: rows from ``datamodules.records.read_records``,
-    ``lightning_modules.critic_rm_score.score_rows`` with ``--batch-size`` responses per call.
+    ``--pairs`` (chosen and rejected) through the path users take: rows from ``core.records.read_records``,
+    ``pipelines.score_rewards.score_rows`` with ``--batch-size`` responses per call.
 
     An untrained model rarely emits EOS early, so critiques run to ``max_critique_tokens``: the worst case (the
     "crit tok" column gives the mean critique length actually generated).
@@ -82,7 +82,7 @@ class Timed:
         model.generate_critiques, model.hidden_states = timed_generate, timed_hidden
 
     def run(self, rows: list[Any], batch_size: int) -> dict[str, float]:
-        from lightning_modules.critic_rm_score import score_rows
+        from pipelines.score_rewards import score_rows
 
         self.gen = self.fwd = 0.0
         self.crit_tokens = self.critiques = 0
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
-    from datamodules.io import DataError
-    from datamodules.records import read_records
-    from lightning_modules.critic_rm import CriticRM
+    from core.errors import DataError
+    from core.records import read_records
+    from lightning_modules.critic_rm.module import CriticRM
 
     try:
         rows = read_records(args.pairs)

@@ -2,7 +2,7 @@
 
 Each variant trains the same task model (same seed, epochs, data: ``data/rationale/synthetic``) and is tested
 with ``train.py``'s module; its ``metrics.json`` goes to ``<out>/<variant>/`` and the NRG table over all variants
-is printed (``python -m lightning_modules.nrg <out>/*`` prints it again). The variants mirror the paper's groups:
+is printed (``python -m pipelines.nrg <out>/*`` prints it again). The variants mirror the paper's groups:
 
     AA (IG)           task loss only; rationales from integrated gradients (8 steps) at evaluation
     AA (attention)    task loss only; rationales from the last layer's [CLS] attention
@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 from datamodules.rationale import RationaleDataModule  # noqa: E402
-from lightning_modules.nrg import format_table, nrg_table, read_metrics_file  # noqa: E402
-from lightning_modules.unirex import UNIREX  # noqa: E402
+from lightning_modules.unirex.module import UNIREX  # noqa: E402
+from pipelines.nrg import format_table, nrg_table, read_metrics_file  # noqa: E402
 
 TASK_ONLY = dict(comp_weight=0.0, suff_weight=0.0, plaus_weight=0.0)
 FAITH = dict(comp_weight=0.5, suff_weight=0.5)

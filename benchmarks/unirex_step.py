@@ -40,7 +40,7 @@ for path in (ROOT, ROOT / "benchmarks"):
 from cpu_load import machine_busy_seconds, own_cpu_seconds  # noqa: E402
 
 from datamodules.rationale import RationaleDataModule  # noqa: E402
-from lightning_modules.unirex import UNIREX  # noqa: E402
+from lightning_modules.unirex.module import UNIREX  # noqa: E402
 
 VARIANTS = {
     "task-only": dict(extractor="random", comp_weight=0.0, suff_weight=0.0, plaus_weight=0.0),

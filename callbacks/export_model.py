@@ -1,6 +1,6 @@
 """Save the trained network on its own at the end of fit: a folder with ``config.json`` and ``model.safetensors``.
 
-For modules with an ``export(folder)`` method (:class:`~lightning_modules.multimodal.MultimodalClassifier` and MSD,
+For modules with an ``export(folder)`` method (:class:`~lightning_modules.msd.classifier.MultimodalClassifier` and MSD,
 whose export is the distilled student alone, without the teacher); ``MultimodalClassifier.load(folder)`` reads it
 back for inference::
 
@@ -18,8 +18,8 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.io import ConfigError
-from lightning_modules.strategies import whole_model_on_each_rank
+from core.errors import ConfigError
+from core.strategies import whole_model_on_each_rank
 
 
 class ExportModel(Callback):

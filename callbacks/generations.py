@@ -28,7 +28,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from callbacks.throughput import not_timed
-from datamodules.io import ConfigError
+from core.errors import ConfigError
 
 
 class SampleGenerations(Callback):

@@ -16,7 +16,8 @@ from typing import Any
 from lightning.pytorch import Callback, LightningModule, Trainer
 from torch import Tensor
 
-from datamodules.io import ConfigError, atomic_write_text
+from core.errors import ConfigError
+from core.io import atomic_write_text
 
 STYLE = """<style>
 body { font-family: sans-serif; max-width: 1100px; margin: 2em auto; }

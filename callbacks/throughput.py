@@ -29,7 +29,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from datamodules.io import ConfigError
+from core.errors import ConfigError
 
 _EXCLUDED: WeakKeyDictionary[Trainer, float] = WeakKeyDictionary()  # seconds spent in not_timed(), per trainer
 

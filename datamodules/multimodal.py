@@ -70,16 +70,15 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision import transforms
 
-from datamodules.chat import TokenizerFromModule
-from datamodules.io import ConfigError, DataError
+from core.backbones import IMAGENET_MEAN, IMAGENET_STD
+from core.chat import TokenizerFromModule
+from core.errors import ConfigError, DataError
+from core.records import iter_jsonl
+from core.text_encoding import TextEncoder
 from datamodules.loaders import SplitLoaders
-from datamodules.multitask import TextEncoder
-from datamodules.records import iter_jsonl
 
 SPLITS = ("train", "val", "test")
 Format = Literal["jsonl", "hateful_memes", "mmimdb", "snli_ve"]
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 PLANTED_CODES = {"image": 0, "text": 1, "both": 2}
 HATEFUL_MEMES_FILES = {"train": "train.jsonl", "val": "dev_unseen.jsonl", "test": "test_unseen.jsonl"}
 SNLI_VE_LABELS = ["entailment", "neutral", "contradiction"]

@@ -43,7 +43,7 @@ from typing import Any, NamedTuple
 
 from PIL import Image, ImageDraw
 
-from datamodules.io import atomic_path, jsonl_text
+from core.io import atomic_path, jsonl_text
 
 PLANTED_NAMES: tuple[str, ...] = ("image", "text", "both")  # index = the batch's ``planted`` code
 CLASS_SHAPES: tuple[str, ...] = ("circle", "square", "diamond", "cross")

@@ -42,12 +42,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from datamodules.chat import TokenizerFromModule
-from datamodules.io import ConfigError, DataError
+from core.chat import TokenizerFromModule
+from core.errors import ConfigError, DataError
+from core.heads import TaskType
+from core.records import Record, as_list, read_file, read_hf_dataset
+from core.text_encoding import TextEncoder, TextExample, collate_text
 from datamodules.loaders import ResumableDataLoader, SplitLoaders
-from datamodules.records import Record, as_list, read_file, read_hf_dataset
 
-TaskType = Literal["classification", "regression"]
 SPLITS = ("train", "val", "test")
 
 
@@ -56,12 +57,6 @@ class TextRow(NamedTuple):
     pair: str | None
     label: int | float
     where: str
-
-
-class TextExample(NamedTuple):
-    input_ids: list[int]
-    label: int | float
-    token_type_ids: list[int] | None = None  # only from tokenizers that make them (BERT's own pair encoding)
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -172,55 +167,6 @@ def check_labels(rows: Sequence[TextRow], task_type: TaskType, label_field: str,
 
 
 # --------------------------------------------------------------------------------------------- tokenizing
-class TextEncoder:
-    """Token ids of a text or a text pair, cut longest-first to ``max_length`` (see the module docstring)."""
-
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
-        self.tok, self.max_length = tokenizer, max_length
-        plain = len(self._ids("a")) + len(self._ids("b"))
-        self.native = len(tokenizer("a", "b")["input_ids"]) > plain  # the tokenizer adds its own special tokens
-        self.head = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
-        self.sep = [] if tokenizer.eos_token_id is None else [tokenizer.eos_token_id]
-        self.truncated = 0
-
-    def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
-
-    def __call__(self, text: str, pair: str | None = None) -> tuple[list[int], list[int] | None]:
-        """``(input_ids, token_type_ids or None)``."""
-        if self.native:
-            enc = self.tok(text, pair, truncation=True, max_length=self.max_length)
-            self.truncated += len(self.tok(text, pair)["input_ids"]) > len(enc["input_ids"])
-            types = enc.get("token_type_ids")
-            return list(enc["input_ids"]), (list(types) if types is not None else None)
-        a, b = self._ids(text), (self._ids(pair) if pair is not None else [])
-        budget = self.max_length - len(self.head) - len(self.sep) * (1 + (pair is not None))
-        if budget < 2:
-            raise ConfigError(f"max_length={self.max_length} leaves no room for text after the special tokens")
-        if len(a) + len(b) > budget:
-            self.truncated += 1
-            while len(a) + len(b) > budget:
-                (a if len(a) >= len(b) else b).pop()
-        return self.head + a + self.sep + (b + self.sep if pair is not None else []), None
-
-
-def collate_text(examples: Sequence[TextExample], pad_id: int, task_type: TaskType) -> dict[str, torch.Tensor]:
-    """Right-padded ids and masks with the labels (int64 classes or float32 scores)."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)  # (B, T)
-    mask = torch.zeros(len(examples), width, dtype=torch.long)  # (B, T)
-    for i, e in enumerate(examples):
-        ids[i, : len(e.input_ids)] = torch.tensor(e.input_ids)
-        mask[i, : len(e.input_ids)] = 1
-    dtype = torch.long if task_type == "classification" else torch.float32
-    labels = torch.tensor([e.label for e in examples], dtype=dtype)  # (B,)
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    if examples[0].token_type_ids is not None:
-        types = torch.zeros_like(ids)  # (B, T)
-        for i, e in enumerate(examples):
-            types[i, : len(e.input_ids)] = torch.tensor(e.token_type_ids)
-        batch["token_type_ids"] = types
-    return batch
 
 
 # ------------------------------------------------------------------------------------------- task specs

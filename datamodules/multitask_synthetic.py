@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.io import atomic_path
+from core.io import atomic_path
 from datamodules.synthetic import TOPICS
 
 TOPIC_NAMES: list[str] = sorted(TOPICS)  # animals, cities, colours, fruits, tools

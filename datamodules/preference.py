@@ -28,11 +28,11 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
-from datamodules.io import ConfigError, DataError
+from core.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
+from core.errors import ConfigError, DataError
+from core.packing import TokenizedPair, collate_pairs
+from core.records import Record, read_records
 from datamodules.loaders import resumable_train_loader
-from datamodules.records import Record, read_records
-from lightning_modules.packing import TokenizedPair, collate_pairs
 
 log = logging.getLogger(__name__)
 

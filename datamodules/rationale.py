@@ -60,10 +60,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 
-from datamodules.chat import TokenizerFromModule
-from datamodules.io import ConfigError, DataError
+from core.chat import TokenizerFromModule
+from core.errors import ConfigError, DataError
+from core.records import as_list, iter_jsonl, read_file
 from datamodules.loaders import SplitLoaders
-from datamodules.records import as_list, iter_jsonl, read_file
 
 SPLITS = ("train", "val", "test")
 Truncation = Literal["truncate", "drop", "error"]

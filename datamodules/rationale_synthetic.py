@@ -26,7 +26,7 @@ import random
 from pathlib import Path
 from typing import Any, Literal
 
-from datamodules.io import atomic_path, atomic_write_text, jsonl_text
+from core.io import atomic_path, atomic_write_text, jsonl_text
 
 CUE_WORDS: list[tuple[str, ...]] = [
     ("awful", "dreadful", "horrible", "terrible", "dismal", "boring", "lousy", "painful"),

@@ -12,7 +12,7 @@ The contract with the extractor (one file per split):
 
 ``task_type=None`` infers the type from the training labels' dtype (integers -> classification). Every split must
 agree on D and on the label kind; missing tensors or columns, mismatched N, non-finite values, negative or
-fractional classes raise :class:`~datamodules.io.DataError` naming the file. ``standardize`` z-scores every split
+fractional classes raise :class:`~core.errors.DataError` naming the file. ``standardize`` z-scores every split
 with the training mean and standard deviation (kept in ``mean`` / ``std``).
 
 Batches::
@@ -32,7 +32,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.io import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from datamodules.loaders import resumable_train_loader
 
 TaskType = Literal["classification", "regression"]
@@ -107,7 +107,7 @@ def read_representations(path: str | Path) -> tuple[Tensor, Tensor, dict[str, st
     return x.float(), y, meta
 
 
-# Metadata keys (written by ``lightning_modules.prefix_extract``) that say how a representation was made: the
+# Metadata keys (written by ``pipelines.prefix_extract``) that say how a representation was made: the
 # splits of one task must agree on them, or the head would be evaluated on another feature space.
 SOURCE_KEYS = ("format", "backbone", "encoder_fingerprint", "prefixes", "pooling", "combine", "dim")
 

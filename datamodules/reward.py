@@ -12,7 +12,7 @@ Without critiques (the plain reward model, ``with_critiques=False``) a sequence 
 
 Input rows: ``prompt``, ``chosen``, ``rejected`` (strings or chat messages) and, with critiques, ``chosen_critique``
 and ``rejected_critique``: a string, or a list of strings (one training example per critique, the shorter list
-cycled), as written by ``python -m datamodules.critiques generate``. Evaluation files (RewardBench format) need no
+cycled), as written by ``python -m pipelines.critiques generate``. Evaluation files (RewardBench format) need no
 critiques: at evaluation the model writes its own; their ``subset`` field groups the accuracy.
 
 Checks, before training: a missing or empty field names the file and line (a critique field is required in the
@@ -44,10 +44,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.chat import Messages, PairTokenizer, TokenizerFromModule, messages_of, text_of
-from datamodules.io import ConfigError, DataError
+from core.chat import Messages, PairTokenizer, TokenizerFromModule, messages_of, text_of
+from core.errors import ConfigError, DataError
+from core.records import Record, read_records
 from datamodules.loaders import resumable_train_loader
-from datamodules.records import Record, read_records
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def collate_reward(
 
 
 class RewardDataModule(TokenizerFromModule, LightningDataModule):
-    """Preference pairs for :class:`~lightning_modules.critic_rm.CriticRM` (with critiques, or the plain RM).
+    """Preference pairs for :class:`~lightning_modules.critic_rm.module.CriticRM` (with critiques, or the plain RM).
 
     Args:
         train_files, val_files, test_files, predict_files: JSONL / JSON / Parquet files (a path or a list); test
@@ -206,7 +206,7 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
     @property
     def critique_instruction(self) -> str:
         """The LightningModule's ``critique_instruction`` (the default one when there is no module)."""
-        from lightning_modules.critic_rm import DEFAULT_CRITIQUE_INSTRUCTION
+        from core.chat import DEFAULT_CRITIQUE_INSTRUCTION
 
         return self._module_hparam("critique_instruction", DEFAULT_CRITIQUE_INSTRUCTION)
 
@@ -236,7 +236,7 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise DataError(
                 f"{where}: field '{side}_critique' must be a non-empty string or list of non-empty strings "
-                "(critiques are on: write them with `python -m datamodules.critiques generate`, or train the plain "
+                "(critiques are on: write them with `python -m pipelines.critiques generate`, or train the plain "
                 "reward model with --model.use_critiques false)"
             )
         return values

@@ -25,10 +25,10 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from datamodules.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
-from datamodules.io import ConfigError, DataError
+from core.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
+from core.errors import ConfigError, DataError
+from core.records import Record, read_records
 from datamodules.loaders import resumable_train_loader
-from datamodules.records import Record, read_records
 
 Example = tuple[list[int], list[int]]  # (prompt ids, response ids)
 
@@ -49,7 +49,7 @@ def collate_sft(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Ten
 
 
 class SFTDataModule(TokenizerFromModule, LightningDataModule):
-    """Prompt/response examples for :class:`~lightning_modules.sft.SFT`.
+    """Prompt/response examples for :class:`~lightning_modules.dpo.sft.SFT`.
 
     Args:
         train_files, val_files: JSONL / JSON / Parquet files (a path or a list).

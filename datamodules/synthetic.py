@@ -16,7 +16,7 @@ import random
 from collections.abc import Iterable
 from pathlib import Path
 
-from datamodules.io import atomic_write_text
+from core.io import atomic_write_text
 
 TOPICS: dict[str, list[str]] = {
     "fruits": ["apple", "pear", "plum", "cherry", "mango", "grape", "lemon", "peach", "melon", "kiwi"],

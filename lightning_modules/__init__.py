@@ -1,13 +1,10 @@
-"""LightningModules of the suite; importing this package makes each selectable by name in train.py."""
+"""LightningModules of the suite, one package per system; importing this package makes each selectable by name in
+train.py (``--model DPO``)."""
 
 from lightning_modules.critic_rm import CriticRM
-from lightning_modules.dpo import DPO
-from lightning_modules.heads import DownstreamHead
-from lightning_modules.msd import MSD
-from lightning_modules.multimodal import MultimodalClassifier
-from lightning_modules.multitask import MultiTaskEncoder
-from lightning_modules.prefix_tuning import PrefixTuning
-from lightning_modules.sft import SFT
+from lightning_modules.dpo import DPO, SFT
+from lightning_modules.msd import MSD, MultimodalClassifier
+from lightning_modules.prefix import DownstreamHead, MultiTaskEncoder, PrefixTuning
 from lightning_modules.unirex import UNIREX
 
 __all__ = [

@@ -22,12 +22,12 @@ from lightning.pytorch import Trainer, seed_everything
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from core.records import read_records  # noqa: E402
 from datamodules.preference import PreferenceDataModule  # noqa: E402
-from datamodules.records import read_records  # noqa: E402
 from datamodules.reward import RewardDataModule, collate_reward  # noqa: E402
-from lightning_modules.critic_rm import CriticRM  # noqa: E402
-from lightning_modules.critic_rm_score import score_rows  # noqa: E402
-from lightning_modules.dpo import DPO  # noqa: E402
+from lightning_modules.critic_rm.module import CriticRM  # noqa: E402
+from lightning_modules.dpo.module import DPO  # noqa: E402
+from pipelines.score_rewards import score_rows  # noqa: E402
 
 
 def trainer(**kwargs) -> Trainer:

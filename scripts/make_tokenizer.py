@@ -23,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from datamodules.io import atomic_path  # noqa: E402
+from core.io import atomic_path  # noqa: E402
 
 OUT = ROOT / "lightning_modules" / "assets" / "tiny_tokenizer"
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lightning_modules.export import main as export_main
-from lightning_modules.reference import Reference
+from lightning_modules.dpo.reference import Reference
+from pipelines.export import main as export_main
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,8 +203,8 @@ def test_config_file_and_presets_compose(tmp_path: Path, capsys: pytest.CaptureF
 def test_fsdp_wraps_the_hf_decoder_layer() -> None:
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
+    from core.strategies import decoder_layer_classes
     from lightning_modules import DPO
-    from lightning_modules.strategies import decoder_layer_classes
 
     assert decoder_layer_classes(DPO(backbone="tiny-llama", reference="precomputed")) == {LlamaDecoderLayer}
     with pytest.raises(ValueError, match="NoSuchLayer"):

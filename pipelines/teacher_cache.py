@@ -1,0 +1,60 @@
+"""Moved from lightning_modules/msd/teacher.py (split)."""  # AUTODOC
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.errors import ConfigError, DataError
+from lightning_modules.msd.teacher import (
+    TeacherOutputs,
+    TeacherSettings,
+    cache_file,
+    cache_metadata,
+    check_teacher_data,
+    compute_outputs,
+    teacher_path,
+)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Fill the teacher-output cache of a training run, given its train.py flags (module docstring); the teacher is
+    trained first by its ``teacher_recipe`` when it is missing."""
+    from datamodules.multimodal import MultimodalDataModule
+    from lightning_modules.msd.classifier import MultimodalClassifier
+    from pipelines.train import SuiteCLI
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda, cuda:1...)")
+    args, flags = parser.parse_known_args(argv)
+    cli = SuiteCLI(args=flags, run=False)  # the training run's model and data arguments, as train.py reads them
+    h = cli.model.hparams
+    if "teacher" not in h:
+        raise ConfigError(f"the model is {type(cli.model).__name__}, not MSD: nothing to cache")
+    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe)).to(args.device)
+    th = teacher.hparams
+    # The teacher sees the rows its own way: its tokenizer and image size.
+    data_args = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}  # less CLI bookkeeping
+    dm = MultimodalDataModule(**{**data_args, "tokenizer": th.text_backbone, "image_size": th.image_size})
+    dm.setup("fit")
+    check_teacher_data(teacher, dm)
+    settings = TeacherSettings.of(teacher, dm, h.image_removal, h.text_removal)
+    meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
+    path = cache_file(h.cache_dir, meta)
+    if path.exists():
+        print(f"teacher outputs already cached: {path}")
+        return path
+    rows = len(dm.examples("train"))
+    TeacherOutputs(compute_outputs(teacher.net, dm.teacher_loader("train"), rows, settings, dm.tokenizer,
+                                   args.device)).save(path, meta)
+    print(f"teacher outputs of {rows} rows cached: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
