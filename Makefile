@@ -16,27 +16,27 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.instruction_following job --out runs/if_job
+	$(VENV)/bin/lm-suite if job --out runs/if_job
 
 demo-dpo: $(STAMP)
-	$(PY) train.py fit --config configs/dpo.yaml
+	$(VENV)/bin/lm-suite fit --config configs/dpo.yaml
 
 demo-critic: $(STAMP)
-	$(PY) train.py fit --config configs/critic_rm.yaml
-	$(PY) train.py test --config configs/critic_rm.yaml --data.test_files data/rewardbench_tiny.jsonl \
+	$(VENV)/bin/lm-suite fit --config configs/critic_rm.yaml
+	$(VENV)/bin/lm-suite test --config configs/critic_rm.yaml --data.test_files data/rewardbench_tiny.jsonl \
 		--ckpt_path runs/critic_rm/checkpoints/last.ckpt
 
 demo-prefix: $(STAMP)
-	$(PY) -m pipelines.prefix_report --out runs/prefix_report
+	$(VENV)/bin/lm-suite prefix report --out runs/prefix_report
 
 demo-unirex: $(STAMP)
-	$(PY) train.py fit --config configs/unirex.yaml
-	$(PY) train.py test --config configs/unirex.yaml \
+	$(VENV)/bin/lm-suite fit --config configs/unirex.yaml
+	$(VENV)/bin/lm-suite test --config configs/unirex.yaml \
 		--ckpt_path $$(ls -t runs/unirex/lightning_logs/*/checkpoints/last.ckpt | head -1)
 
 demo-msd: $(STAMP)
-	$(PY) train.py fit --config configs/msd.yaml
-	$(PY) train.py test --config configs/msd.yaml \
+	$(VENV)/bin/lm-suite fit --config configs/msd.yaml
+	$(VENV)/bin/lm-suite test --config configs/msd.yaml \
 		--ckpt_path $$(ls -t runs/msd/lightning_logs/*/checkpoints/*.ckpt | head -1)
 
 test: $(STAMP)
@@ -45,8 +45,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest tests
 
+# ruff, then the import contract of pyproject.toml's [tool.importlinter] (tests/test_layers.py runs it too)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'

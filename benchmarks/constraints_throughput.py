@@ -26,7 +26,8 @@ What is measured
     check, which dominates their cost; the run prints whether it is installed.
 
     Prompt synthesis is timed too: ``--synth-n`` (default 48,000, the paper's count) unique prompts written to a
-    temporary JSONL through the ``synth`` command's code path (:func:`~.synth.write_prompts`), on the same core.
+    temporary JSONL through the ``lm-suite if synth`` code path
+    (:func:`~pipelines.instruction_following.synth.write_prompts`), on the same core.
 
 How to run
     python benchmarks/constraints_throughput.py             # 200,000 pairs, about a minute on one core

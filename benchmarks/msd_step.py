@@ -13,7 +13,7 @@ What is compared (one training step = the student's forward on its views + loss 
                   Lightning's manual optimisation.
 
 How it is timed: every variant is a real ``MSD`` module trained by a real ``lightning.Trainer`` (``trainer.fit``,
-no logger, checkpoints, progress bar or validation), so the step is exactly what ``train.py fit`` runs, Lightning's
+no logger, checkpoints, progress bar or validation), so the step is exactly what ``lm-suite fit`` runs, Lightning's
 optimisation loop and ``self.log`` calls included. A callback takes the time from ``on_train_batch_start`` to
 ``on_train_batch_end`` (the batch is already loaded then, and for automatic optimisation the optimiser has
 stepped; CUDA is synchronised at both ends), and drops the first ``--warmup`` steps of every fit (the optimiser's
@@ -37,7 +37,7 @@ How to run
     python benchmarks/msd_step.py --threads 2 --steps 8 --repeats 5
     python benchmarks/msd_step.py --device cuda --precision bf16-mixed     # a GPU
 The teacher (``--teacher``, default ``runs/multimodal_teacher/export``) is made by
-``python train.py fit --config configs/multimodal_teacher.yaml`` (about a minute on 2 CPU threads).
+``lm-suite fit --config configs/multimodal_teacher.yaml`` (about a minute on 2 CPU threads).
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ from datamodules.multimodal import MultimodalDataModule  # noqa: E402
 from lightning_modules.msd.classifier import MultimodalClassifier  # noqa: E402
 from lightning_modules.msd.module import MSD  # noqa: E402
 from lightning_modules.msd.teacher import TeacherOutputs, TeacherSettings, cache_file, cache_metadata, compute_outputs  # noqa: E402
+from lightning_modules.msd.weighting import Learned  # noqa: E402
 
 VARIANTS = {
     "cached": dict(weighting="instance", teacher_outputs="cached"),
@@ -87,8 +88,8 @@ class StepTimer(Callback):
         self._start, self._seen = 0.0, 0
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if getattr(pl_module, "learned", False) and self.heldout is not None:
-            pl_module._heldout = itertools.cycle(self.heldout)  # module's on_fit_start has run: replace its loader
+        if isinstance(getattr(pl_module, "scheme", None), Learned) and self.heldout is not None:
+            pl_module.scheme.heldout = itertools.cycle(self.heldout)  # on_fit_start has run: replace its loader
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.cuda:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     if not Path(args.teacher).exists():
-        sys.exit(f"no teacher at {args.teacher}: python train.py fit --config configs/multimodal_teacher.yaml")
+        sys.exit(f"no teacher at {args.teacher}: lm-suite fit --config configs/multimodal_teacher.yaml")
 
     config = yaml.safe_load(Path(args.config).read_text())
     model_args = dict(config["model"]["init_args"])

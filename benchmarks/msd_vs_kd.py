@@ -12,7 +12,7 @@ What is compared
 How to run
     python benchmarks/msd_vs_kd.py                       # 3 seeds x 5 schemes, 76 steps (4 epochs), 1 thread
     python benchmarks/msd_vs_kd.py --seeds 0 --steps 38 --schemes none instance
-    python benchmarks/msd_vs_kd.py --model.image_backbone=timm:test_resnet     # other train.py flags pass through
+    python benchmarks/msd_vs_kd.py --model.image_backbone=timm:test_resnet     # other training-CLI flags pass through
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def main_cli() -> None:
     parser.add_argument("--steps", type=int, default=76)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/msd_vs_kd")
-    args, overrides = parser.parse_known_args()  # the rest goes to train.py, e.g. --model.image_backbone=...
+    args, overrides = parser.parse_known_args()  # the rest goes to the training CLI, e.g. --model.image_backbone=...
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     results: dict[str, list[dict[str, float]]] = {}

@@ -1,8 +1,8 @@
 """UNIREX against attribution baselines on the known-answer synthetic set, summarised by NRG (Chan et al. 2022).
 
 Each variant trains the same task model (same seed, epochs, data: ``data/rationale/synthetic``) and is tested
-with ``train.py``'s module; its ``metrics.json`` goes to ``<out>/<variant>/`` and the NRG table over all variants
-is printed (``python -m pipelines.nrg <out>/*`` prints it again). The variants mirror the paper's groups:
+with the ``UNIREX`` module that ``lm-suite fit`` trains; its ``metrics.json`` goes to ``<out>/<variant>/`` and the NRG
+table over all variants is printed (``lm-suite nrg <out>/*`` prints it again). The variants mirror the paper's groups:
 
     AA (IG)           task loss only; rationales from integrated gradients (8 steps) at evaluation
     AA (attention)    task loss only; rationales from the last layer's [CLS] attention

@@ -4,8 +4,8 @@ For modules with an ``export(folder)`` method (:class:`~lightning_modules.msd.cl
 whose export is the distilled student alone, without the teacher); ``MultimodalClassifier.load(folder)`` reads it
 back for inference::
 
-    python train.py fit --config configs/multimodal_teacher.yaml --trainer.callbacks.dirpath=my_teacher
-    python train.py fit --model MultimodalClassifier --data MultimodalDataModule ... \\
+    lm-suite fit --config configs/multimodal_teacher.yaml --trainer.callbacks.dirpath=my_teacher
+    lm-suite fit --model MultimodalClassifier --data MultimodalDataModule ... \\
         --trainer.callbacks+=ExportModel --trainer.callbacks.dirpath=my_model
 
 Under one device or DDP (each rank holds the whole network); sharded strategies are refused at setup.

@@ -4,7 +4,7 @@ The loss is checked in ``on_before_backward`` and the gradients in ``on_before_o
 AMP unscaling, before clipping). At either point the optimizer has not stepped with the bad values, so the
 weights in memory are still the last good ones: they are written to ``<dirpath>/last-good.ckpt`` (a full
 Lightning checkpoint: weights, optimizer, loops) and a :class:`NonFiniteError` is raised, naming what went
-non-finite, the global step and the checkpoint. The exception is not caught, so ``train.py`` exits non-zero.
+non-finite, the global step and the checkpoint. The exception is not caught, so ``lm-suite fit`` exits non-zero.
 
 Ranks decide together (``reduce_boolean_decision``, any rank finding a bad value stops them all), so no rank is
 left waiting in a collective while another one has stopped. With a fp16 ``GradScaler`` inf gradients are normal

@@ -3,7 +3,7 @@
 A model name is one of:
 
 - a tiny preset (``tiny-llama``, ``tiny-llama-bench``, ``tiny-bert``): a small config with random weights
-  and the tokenizer committed under ``lightning_modules/assets/tiny_tokenizer``; runs offline on a CPU;
+  and the tokenizer committed under ``core/assets/tiny_tokenizer``; runs offline on a CPU;
 - ``hf:NAME_OR_PATH``, an existing local folder, or an ``org/name`` hub id: pretrained weights through
   ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless asked for). A hub id
   without an organisation (``gpt2``) needs the ``hf:`` prefix, so a misspelt preset name is caught at once;

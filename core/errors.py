@@ -1,4 +1,7 @@
-"""Moved from core/io.py (split)."""  # AUTODOC
+"""The suite's error classes: bad input data, bad settings, a missing optional extra.
+
+Every command reports these in one line (``error: ...``, exit status 2) before any work starts, never as a traceback.
+"""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """Export a trained policy as a Hugging Face folder (safetensors) that ``from_pretrained`` loads.
 
-    python -m core.export --ckpt runs/dpo/checkpoints/last.ckpt --out exported/   # DPO, SFT or CriticRM
+The command over checkpoints is ``lm-suite export`` (:mod:`pipelines.export`)::
+
+    lm-suite export --ckpt runs/dpo/checkpoints/last.ckpt --out exported/   # DPO, SFT or CriticRM
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Moved from lightning_modules/prefix/heads.py (split)."""  # AUTODOC
+"""Pooling and small heads shared by the encoder systems (prefixes, UNIREX, MSD).
+
+:func:`pool` turns token states into one vector (first token or mean over real tokens);
+:func:`check_first_token_pooling` refuses first-token pooling where position 0 is text; :func:`build_head` makes a
+linear or one-hidden-layer MLP head; :func:`eval_metrics` the classification / regression metrics of a task.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""File helpers shared by datamodules, pipelines and exports: atomic writes and located errors."""
+"""File helpers shared by datamodules, pipelines and exports: atomic writes (the error classes: :mod:`core.errors`)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Per-row tensors of a frozen model, computed once (each rank a shard) and kept on disk as safetensors.
 
-Shared by DPO's precomputed reference log-probs (``reference.py``) and MSD's teacher outputs (``teacher_cache.py``):
+Shared by DPO's precomputed reference log-probs (:mod:`lightning_modules.dpo.reference`) and MSD's teacher outputs
+(:mod:`lightning_modules.msd.teacher`):
 the caller names the file by a key over everything the values depend on, so a changed model or dataset is a miss,
 never a stale hit.
 """

@@ -1,5 +1,6 @@
-"""DataModules of the suite; importing this package makes each selectable by name in train.py."""
+"""DataModules of the suite; importing this package makes each selectable by name in ``lm-suite fit --data ...``."""
 
+import core.legacy
 from datamodules.multimodal import MultimodalDataModule
 from datamodules.multitask import MultiTaskDataModule, TextTaskDataModule
 from datamodules.preference import PreferenceDataModule
@@ -18,3 +19,5 @@ __all__ = [
     "SFTDataModule",
     "TextTaskDataModule",
 ]
+
+core.legacy.install()  # old module paths (before the house plan) still import, with a warning

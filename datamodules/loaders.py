@@ -92,5 +92,5 @@ class SplitLoaders:
         return self._eval_loader("test")
 
     def predict_dataloader(self) -> DataLoader | list:
-        """``train.py predict`` runs over the test split, else the validation split."""
+        """``lm-suite predict`` runs over the test split, else the validation split."""
         return self._eval_loader("test" if "test" in self.datasets else "val")

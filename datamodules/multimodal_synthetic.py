@@ -30,7 +30,7 @@ Rows (generic multimodal JSONL of :mod:`datamodules.multimodal`, plus metadata t
 Output ``<out>/{train,val,test}.jsonl``, ``<out>/img/<id>.png`` and ``<out>/meta.json`` (the settings and the
 class -> shape / cue tables), written as a whole folder atomically. Deterministic for ``(seed, split)``::
 
-    python -m datamodules.multimodal_synthetic --out data/multimodal/synthetic --n-train 600 --n-val 200 --seed 0
+    lm-suite data multimodal --out data/multimodal/synthetic --n-train 600 --n-val 200 --seed 0
 """
 
 from __future__ import annotations

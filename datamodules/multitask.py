@@ -166,9 +166,6 @@ def check_labels(rows: Sequence[TextRow], task_type: TaskType, label_field: str,
             raise DataError(f"{r.where}: field {label_field!r} is {r.label}, but num_labels is {num_labels}")
 
 
-# --------------------------------------------------------------------------------------------- tokenizing
-
-
 # ------------------------------------------------------------------------------------------- task specs
 @dataclass
 class TaskSpec:

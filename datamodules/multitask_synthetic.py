@@ -38,7 +38,7 @@ Output: ``<out>/<task>/{train,val,test}.jsonl`` with fields ``text`` and ``label
 regression) and ``<out>/tasks.json`` (name, role, type, num_labels, rule, depends_on, files), written as a
 whole folder atomically. Deterministic for a seed::
 
-    python -m datamodules.multitask_synthetic --out data/multitask --n-train 800 --n-val 200 --seed 0
+    lm-suite data multitask --out data/multitask --n-train 800 --n-val 200 --seed 0
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ and others drawn from the same pool, in random order; the gold rationale is the 
 Rows are deterministic for ``(seed, stream)``. Writers: :func:`write_sst` (SST-style JSONL) and
 :func:`write_eraser` (an ERASER folder, documents in ``docs.jsonl`` or ``docs/``). CLI::
 
-    python -m datamodules.rationale_synthetic --out data/rationale/synthetic --n-train 512 --n-val 128 --seed 0
-    python -m datamodules.rationale_synthetic --out DIR --eraser [--multiple-choice] [--docs-folder]
+    lm-suite data rationale --out data/rationale/synthetic --n-train 512 --n-val 128 --seed 0
+    lm-suite data rationale --out DIR --eraser [--multiple-choice] [--docs-folder]
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Without critiques (the plain reward model, ``with_critiques=False``) a sequence 
 
 Input rows: ``prompt``, ``chosen``, ``rejected`` (strings or chat messages) and, with critiques, ``chosen_critique``
 and ``rejected_critique``: a string, or a list of strings (one training example per critique, the shorter list
-cycled), as written by ``python -m pipelines.critiques generate``. Evaluation files (RewardBench format) need no
+cycled), as written by ``lm-suite critiques generate``. Evaluation files (RewardBench format) need no
 critiques: at evaluation the model writes its own; their ``subset`` field groups the accuracy.
 
 Checks, before training: a missing or empty field names the file and line (a critique field is required in the
@@ -236,7 +236,7 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
         if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
             raise DataError(
                 f"{where}: field '{side}_critique' must be a non-empty string or list of non-empty strings "
-                "(critiques are on: write them with `python -m pipelines.critiques generate`, or train the plain "
+                "(critiques are on: write them with `lm-suite critiques generate`, or train the plain "
                 "reward model with --model.use_critiques false)"
             )
         return values

@@ -5,7 +5,7 @@ policy trained with DPO should learn to rank held-out chosen responses above rej
 (``rewards/accuracies`` rising from about 0.5 towards 1.0). About half the pairs share a prefix
 (the two responses agree on a first sentence, then branch), as MCTS pairs do.
 
-    python -m datamodules.synthetic --out data/tiny --train 512 --val 64
+    lm-suite data preference --out data/tiny --train 512 --val 64
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def corpus_lines() -> list[str]:
     return [p[k] for p in pairs for k in ("prompt", "chosen", "rejected")]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write a synthetic preference dataset (JSONL).")
     parser.add_argument("--out", type=Path, default=Path("data/tiny"))
     parser.add_argument("--train", type=int, default=512)
     parser.add_argument("--val", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     write_jsonl(args.out / "train.jsonl", make_pairs(args.train, args.seed))
     write_jsonl(args.out / "val.jsonl", make_pairs(args.val, args.seed + 1))
     print(f"wrote {args.train} train and {args.val} val pairs to {args.out}")

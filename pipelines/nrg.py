@@ -13,7 +13,7 @@ A run is a JSON object of metric name -> number (or a list of them, as ``trainer
 CSVLogger ``metrics.csv`` (the last non-empty value of each column), or a folder (its ``metrics.json``, else its
 newest ``**/metrics.csv``)::
 
-    python -m pipelines.nrg runs/unirex runs/sgt runs/attention --names UNIREX SGT Attn --out nrg.json
+    lm-suite nrg runs/unirex runs/sgt runs/attention --names UNIREX SGT Attn --out nrg.json
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Cache fixed text representations under registered task prefixes (Huang et al., Findings of EMNLP 2023).
 
-    python -m pipelines.prefix_extract --registry prefixes/ --backbone tiny-bert --prefixes all \\
+    lm-suite prefix extract --registry prefixes/ --backbone tiny-bert --prefixes all \\
         --input data/train.jsonl --text-field text --label-field label --out cache/train.safetensors
 
 Output (the contract the downstream-heads datamodule reads):

@@ -1,7 +1,7 @@
 """Report: prefix-combined fixed representations vs multi-task fine-tuning vs the frozen encoder, per target task.
 
 Huang et al. 2023 (Findings of EMNLP), "Learning Easily Updated General Purpose Text Representations with Adaptable
-Task-Specific Prefixes". From a ``tasks.json`` manifest (``python -m datamodules.multitask_synthetic``, or your own
+Task-Specific Prefixes". From a ``tasks.json`` manifest (``lm-suite data multitask``, or your own
 with the same keys), this command:
 
 1. trains one prefix per source task on the frozen encoder (:class:`~lightning_modules.prefix.module.PrefixTuning`),
@@ -15,7 +15,7 @@ with the same keys), this command:
    classification, Pearson r for regression);
 4. writes ``<out>/report.md`` and ``<out>/results.json`` atomically, and prints the table.
 
-    python -m pipelines.prefix_report --manifest data/multitask/tasks.json --out runs/prefix_report
+    lm-suite prefix report --manifest data/multitask/tasks.json --out runs/prefix_report
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Moved from lightning_modules/critic_rm/metrics.py (split)."""  # AUTODOC
+"""RewardBench files: read prompt/chosen/rejected rows with their subsets, score files, the section table, and a tiny
+RewardBench-format file made from the planted synthetic pairs (``lm-suite rewardbench``).
+
+The metrics themselves (section weights, :class:`~lightning_modules.critic_rm.metrics.RewardBenchAccuracy`) live
+with Critic-RM; this module is the file side, used by the scoring CLI and the tests.
+"""
 
 from __future__ import annotations
 

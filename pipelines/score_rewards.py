@@ -5,9 +5,9 @@ Each row is a pair (``prompt``, ``chosen``, ``rejected``; RewardBench files too)
 averaging their rewards scales at inference time); the output repeats the row and adds, per response field F,
 ``F_reward`` (the mean), ``F_rewards`` (one per critique) and ``F_critiques``. For pair files it prints the pairwise
 accuracy, and the RewardBench table when rows carry a ``subset``; the scored file feeds
-``python -m lightning_modules.critic_rm.metrics --scores``.
+``lm-suite rewardbench --scores``.
 
-    python -m pipelines.score_rewards --ckpt runs/critic_rm/checkpoints/last.ckpt \\
+    lm-suite score-rewards --ckpt runs/critic_rm/checkpoints/last.ckpt \\
         --input data/rewardbench_tiny.jsonl --out runs/critic_rm/scored.jsonl --num-critiques 4 --temperature 0.8
 """
 
@@ -81,7 +81,7 @@ def score_rows(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Score a JSONL file with a CriticRM checkpoint.")
-    parser.add_argument("--ckpt", required=True, type=Path, help="CriticRM checkpoint (train.py fit)")
+    parser.add_argument("--ckpt", required=True, type=Path, help="CriticRM checkpoint (lm-suite fit)")
     parser.add_argument("--input", required=True, type=Path, help="pairs or single responses (JSONL/JSON/Parquet)")
     parser.add_argument("--out", required=True, type=Path, help="scored JSONL, written atomically")
     parser.add_argument("--num-critiques", type=int, default=None, help="critiques per response (default: as trained)")

@@ -1,4 +1,15 @@
-"""Moved from lightning_modules/msd/teacher.py (split)."""  # AUTODOC
+"""Fill MSD's teacher-output cache apart from training: ``lm-suite teacher-cache``, one process.
+
+The MSD module fills the cache itself at setup (``teacher_outputs: cached``). A teacher with another tokenizer or
+image size than the student (each model then sees the rows its own way) needs it filled here first; give this command
+the flags of the training run::
+
+    lm-suite teacher-cache --config configs/msd.yaml [--data.data_dir ...] [--device cuda]
+
+It parses them as ``lm-suite fit`` does, tokenizes and resizes for the teacher, and writes the file that training
+then reads (:mod:`lightning_modules.msd.teacher` says what the file holds and what its name depends on). A missing
+teacher is trained first, in this process, by the run's ``model.teacher_recipe``.
+"""
 
 from __future__ import annotations
 
@@ -18,9 +29,16 @@ from lightning_modules.msd.teacher import (
 )
 
 
+def train_recipe(recipe: str) -> None:
+    """Train the config ``recipe`` in this process: ``lm-suite fit --config recipe``."""
+    from pipelines import train
+
+    train.main(["fit", "--config", recipe])
+
+
 def main(argv: list[str] | None = None) -> Path:
-    """Fill the teacher-output cache of a training run, given its train.py flags (module docstring); the teacher is
-    trained first by its ``teacher_recipe`` when it is missing."""
+    """Fill the teacher-output cache of a training run, given its ``lm-suite fit`` flags (module docstring); the
+    teacher is trained first by its ``teacher_recipe`` when it is missing."""
     from datamodules.multimodal import MultimodalDataModule
     from lightning_modules.msd.classifier import MultimodalClassifier
     from pipelines.train import SuiteCLI
@@ -28,11 +46,11 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda, cuda:1...)")
     args, flags = parser.parse_known_args(argv)
-    cli = SuiteCLI(args=flags, run=False)  # the training run's model and data arguments, as train.py reads them
+    cli = SuiteCLI(args=flags, run=False)  # the training run's model and data arguments, as lm-suite fit reads them
     h = cli.model.hparams
     if "teacher" not in h:
         raise ConfigError(f"the model is {type(cli.model).__name__}, not MSD: nothing to cache")
-    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe)).to(args.device)
+    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, train=train_recipe)).to(args.device)
     th = teacher.hparams
     # The teacher sees the rows its own way: its tokenizer and image size.
     data_args = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}  # less CLI bookkeeping

@@ -1,4 +1,4 @@
-"""Build the tiny byte-level BPE tokenizer shipped in ``lightning_modules/assets/tiny_tokenizer``.
+"""Build the tiny byte-level BPE tokenizer shipped in ``core/assets/tiny_tokenizer``.
 
 The corpus is text that every CPython install carries (the standard library's docstrings) plus the
 phrases of the suite's synthetic datasets, so the script needs no network. Run it once; the result is

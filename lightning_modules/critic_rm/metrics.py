@@ -10,16 +10,16 @@ unweighted mean of the sections that have data; a section with no subset present
 reported as absent. Subsets that belong to no section are reported per subset and counted in the overall pair
 ``accuracy``, but in no section score.
 
-Scored files (one pair per line, ``subset`` optional)::
+Scored files (one pair per line, ``subset`` optional; read and tabled by :mod:`pipelines.rewardbench`)::
 
     {"subset": "alpacaeval-easy", "chosen_reward": 1.25, "rejected_reward": -0.5}
 
-    python -m lightning_modules.critic_rm.metrics --scores scored.jsonl [--out result.json]
+    lm-suite rewardbench --scores scored.jsonl [--out result.json]
 
 The tiny RewardBench-format file in ``data/`` (the synthetic planted pairs of ``datamodules/synthetic.py`` with a
 seed the training data does not use, one subset per constraint kind so that every section is present)::
 
-    python -m lightning_modules.critic_rm.metrics --write-tiny data/rewardbench_tiny.jsonl --n 64 --seed 777
+    lm-suite rewardbench --write-tiny data/rewardbench_tiny.jsonl --n 64 --seed 777
 """
 
 from __future__ import annotations
@@ -202,17 +202,3 @@ class RewardBenchAccuracy(Metric):
         if "score" in scores:
             out["score"] = scores["score"]
         return {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in out.items()}
-
-
-# ------------------------------------------------------------------------------------------------------ reading
-
-
-# ---------------------------------------------------------------------------------------------------- reporting
-
-
-# ------------------------------------------------------------------------------------------------- tiny dataset
-
-
-# ----------------------------------------------------------------------------------------------------------- CLI
-
-

@@ -3,7 +3,7 @@
 Yu et al. 2025 (NAACL), "Self-Generated Critiques Boost Reward Modeling for Language Models". One model, two heads:
 the language-model head is kept and learns to write critiques (NLL on critique tokens only), a scalar reward head
 (an MLP on the last non-pad token's hidden state) learns the preference with Bradley-Terry; the two losses are
-mixed with a scheduled weight (``losses/reward.py``). At inference the model writes ``num_critiques`` critiques of
+mixed with a scheduled weight (``loss.py``). At inference the model writes ``num_critiques`` critiques of
 each response, scores each (prompt, response, critique) and averages the rewards (inference-time scaling).
 
 With ``use_critiques=False`` the same module is the plain scalar reward model on (prompt, response): the baseline.
@@ -70,7 +70,7 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
             ``num_critiques == 1``).
         val_generate: validation accuracy from self-written critiques (the inference path); False reads the
             validation file's critiques (teacher-forced, which leaks the label into the critique).
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
     """
 
     def __init__(

@@ -33,7 +33,7 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
     """Direct Preference Optimization (Rafailov et al., 2023) and its IPO / hinge / conservative / RPO variants.
 
     Args:
-        backbone: preset name, ``hf:<id or folder>`` or a local folder (see ``backbones.py``).
+        backbone: preset name, ``hf:<id or folder>`` or a local folder (see ``core/backbones.py``).
         dtype: parameter dtype of the policy (``bfloat16`` on GPUs); None keeps the default.
         trust_remote_code: allow model code from the hub (off by default).
         attention: ``sdpa`` (CPU and GPU) or ``flex_attention`` (GPU, sparse mask for packed pairs).
@@ -44,8 +44,8 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
             model held during training).
         reference_backbone: a different reference model (default: the policy's initial weights).
         reference_cache_dir: folder of the precomputed log-prob cache.
-        beta, loss_type, label_smoothing, rpo_alpha: the loss (``losses/dpo.py``).
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        beta, loss_type, label_smoothing, rpo_alpha: the loss (:mod:`lightning_modules.dpo.loss`).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
         gradient_checkpointing: trade compute for memory on long sequences.
         init_seed: seed of the random init of tiny presets (so a copy and a rebuild agree).
     """

@@ -27,7 +27,7 @@ class SFT(TrainableOnlyCheckpoints, LightningModule):
     Args:
         backbone, dtype, trust_remote_code, attention, lora_*, gradient_checkpointing, init_seed: as for
             :class:`~lightning_modules.dpo.module.DPO` (with LoRA only the adapter trains and is checkpointed).
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
     """
 
     def __init__(

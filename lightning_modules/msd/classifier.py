@@ -10,7 +10,7 @@ distil a large vision-language classifier into a smaller one. Here teacher and s
 - ``cross_attention``: text tokens attend to the image's patch / feature-map tokens (one token when the timm model
   has only a pooled vector) in one pre-norm ``nn.MultiheadAttention`` block with a feed-forward, then are pooled.
 
-:class:`MultimodalClassifier` trains one such network on its own (``train.py fit --model MultimodalClassifier``),
+:class:`MultimodalClassifier` trains one such network on its own (``lm-suite fit --model MultimodalClassifier``),
 which is how an MSD teacher is made: cross-entropy (single-label) or BCE (multi-label), metrics ``accuracy``,
 ``f1_macro`` and ``auroc`` (single-label) or ``f1_micro`` and ``f1_macro`` (multi-label, threshold 0.5).
 """
@@ -223,7 +223,7 @@ class MultimodalClassifier(LightningModule):
             the hyperparameters, so ``load_from_checkpoint`` rebuilds the head); ``multi_label`` None = the
             datamodule's, or False without one.
         label_names: the class names, recorded from the datamodule at setup (MSD checks teacher and student agree).
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
         init_seed: seeds the whole build.
     """
 

@@ -15,14 +15,14 @@ Saliency (:func:`modality_saliency`, per instance and modality, shape (B, M)):
 - ``prob_drop``: ``p_full(y) - p_without_m(y)``, the drop of the true class's probability (multi-label: the mean
   over labels of the drop of the probability given to each label's true value).
 
-Weights (:func:`modality_weights`, (B, M), every scheme averaging 1 over modalities so the schemes compare at one
-scale; the normalisations are our choices):
-- ``uniform``: 1 for every term;
-- ``dataset``: ``M * s̄_m / sum_m' s̄_m'`` from each modality's mean saliency over the training set (negative
-  saliencies clipped to 0; all zero gives uniform);
-- ``instance``: ``M * softmax_m(s_{i,m} / temperature)`` per instance.
-The learned scheme (a weight network trained by bilevel optimisation) lives with the module that owns the
-optimisers.
+Weights of the modality terms, (B, M), one pure function per scheme (:mod:`lightning_modules.msd.weighting` holds
+the scheme objects that apply them); every scheme averages 1 over modalities so the schemes compare at one scale
+(the normalisations are our choices):
+- ``uniform`` (:func:`uniform_weights`): 1 for every term;
+- ``dataset`` (:func:`dataset_weights`): ``M * s̄_m / sum_m' s̄_m'`` from each modality's mean saliency over the
+  training set (negative saliencies clipped to 0; all zero gives uniform);
+- ``instance`` (:func:`instance_weights`): ``M * softmax_m(s_{i,m} / temperature)`` per instance.
+The learned scheme (a weight network trained by bilevel optimisation) is :mod:`lightning_modules.msd.bilevel`'s.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from torch import Tensor
 from core.losses import kd_sigmoid, kd_softmax, task_loss
 
 SaliencyKind = Literal["kl", "prob_drop"]
-Scheme = Literal["uniform", "dataset", "instance"]
 
 
 def modality_saliency(full_logits: Tensor, only_logits: Tensor, labels: Tensor, kind: SaliencyKind = "kl",
@@ -69,6 +68,11 @@ def modality_saliency(full_logits: Tensor, only_logits: Tensor, labels: Tensor, 
     raise ValueError(f"saliency must be 'kl' or 'prob_drop', got {kind!r}")
 
 
+def uniform_weights(saliency: Tensor) -> Tensor:
+    """The ``uniform`` scheme's weights (B, M) for saliencies (B, M): 1 for every modality term."""
+    return torch.ones(*saliency.shape, device=saliency.device)
+
+
 def dataset_weights(mean: Tensor) -> Tensor:
     """The ``dataset`` scheme's weights (M,) from each modality's mean saliency (M,): ``M * s̄_m / sum s̄`` with
     negative means clipped to 0; all zero gives uniform weights."""
@@ -78,21 +82,11 @@ def dataset_weights(mean: Tensor) -> Tensor:
                        torch.ones_like(mean))
 
 
-def modality_weights(saliency: Tensor, scheme: Scheme = "uniform", temperature: float = 1.0,
-                     dataset_mean: Tensor | None = None) -> Tensor:
-    """Per-instance weights (B, M) of the modality KD terms from saliencies (B, M); see the module docstring."""
-    b, m = saliency.shape
-    if scheme == "uniform":
-        return torch.ones(b, m, device=saliency.device)
-    if scheme == "dataset":
-        if dataset_mean is None:
-            raise ValueError("the 'dataset' scheme needs each modality's mean saliency over the training set")
-        return dataset_weights(dataset_mean.to(saliency.device)).expand(b, m)
-    if scheme == "instance":
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        return m * torch.softmax(saliency.float() / temperature, dim=-1)
-    raise ValueError(f"weighting scheme must be 'uniform', 'dataset' or 'instance', got {scheme!r}")
+def instance_weights(saliency: Tensor, temperature: float = 1.0) -> Tensor:
+    """The ``instance`` scheme's weights (B, M) for saliencies (B, M): ``M * softmax_m(s_{i,m} / temperature)``."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    return saliency.shape[-1] * torch.softmax(saliency.float() / temperature, dim=-1)
 
 
 def msd_loss(student_full: Tensor, teacher_full: Tensor, student_only: Tensor, teacher_only: Tensor, labels: Tensor,

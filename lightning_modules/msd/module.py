@@ -7,21 +7,23 @@ student (a :class:`MultimodalClassifier`, smaller than the teacher) is trained o
 
 where ``s_m`` / ``t_m`` are the student's and teacher's logits on the input holding only modality m (image only,
 text only: ``modality.views``), KD is softmax KL with temperature (sigmoid-based for multi-label data) and the
-weights ``w`` come from the teacher's per-instance modality saliency (``losses/msd.py``) by ``weighting``:
+weights ``w`` come from the teacher's per-instance modality saliency (:mod:`lightning_modules.msd.loss`) by the
+scheme that ``weighting`` names, one object per scheme (:mod:`lightning_modules.msd.weighting`):
 
 - ``none``: plain KD (task + KD on the full input; no modality terms): the baseline MSD is compared against;
-- ``uniform`` / ``dataset`` / ``instance``: the schemes of ``losses.msd.modality_weights`` (``dataset`` uses each
-  modality's mean saliency over the training rows, computed once at setup);
+- ``uniform`` / ``dataset`` / ``instance``: fixed functions of the saliencies (``dataset`` uses each modality's mean
+  saliency over the training rows, computed once at setup);
 - ``learned``: a :class:`~lightning_modules.msd.bilevel.WeightNet` maps saliency features (KL and true-class drop per
   modality) to the weights and is fitted by one-step-lookahead bilevel optimisation on held-out batches
   (``data.heldout_fraction``), with Lightning manual optimisation; DDP-safe (see :mod:`lightning_modules.msd.bilevel`).
+  The network is this module's ``weight_net``; its optimiser and held-out position are checkpointed as ``msd_meta``.
 
 The teacher (``teacher``: an exported folder or a ``.ckpt`` of a :class:`MultimodalClassifier`) is frozen, in eval
 mode, and never written into the student's checkpoints (it is held outside the module tree). With
 ``teacher_outputs="cached"`` (default) its outputs on every training row are computed once at setup, or read from
 ``cache_dir`` (:mod:`lightning_modules.msd.teacher`), and the teacher is dropped: training runs no teacher
 forward. ``live`` runs it on every batch. When ``teacher`` does not exist and ``teacher_recipe`` names a training
-config, that config is trained first (``train.py fit --config teacher_recipe``; it must export to ``teacher``).
+config, that config is trained first (``lm-suite fit --config teacher_recipe``; it must export to ``teacher``).
 
 The three views go through the student as one batch of 3B rows: a student with BatchNorm (a timm CNN) pools their
 statistics, the image-only and text-only rows included; the default student (a ViT) uses LayerNorm. The teacher recipe
@@ -43,18 +45,14 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
-from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from core.backbones import seeded
 from core.errors import ConfigError
 from core.losses import kd_sigmoid, kd_softmax, task_loss
 from core.optim import configure_adamw
 from core.shard_cache import gather_rows, load_or_compute
-from core.strategies import whole_model_on_each_rank
-from lightning_modules.msd.bilevel import WeightNet, average_across_ranks, lookahead_grads
 from lightning_modules.msd.classifier import MultimodalClassifier
-from lightning_modules.msd.loss import dataset_weights, modality_saliency, modality_weights, msd_loss
+from lightning_modules.msd.loss import msd_loss
 from lightning_modules.msd.modality import ImageMode, TextMode, views
 from lightning_modules.msd.teacher import (
     TeacherOutputs,
@@ -65,9 +63,7 @@ from lightning_modules.msd.teacher import (
     compute_outputs,
     teacher_path,
 )
-
-Weighting = Literal["none", "uniform", "dataset", "instance", "learned"]
-MODALITIES = ("image", "text")
+from lightning_modules.msd.weighting import MODALITIES, WeightingName, make_weighting
 
 
 class _Teacher:
@@ -105,7 +101,7 @@ class MSD(MultimodalClassifier):
         teacher_recipe: str | None = None,
         teacher_outputs: Literal["cached", "live"] = "cached",
         cache_dir: str = ".cache/msd_teacher",
-        weighting: Weighting = "instance",
+        weighting: WeightingName = "instance",
         saliency: Literal["kl", "prob_drop"] = "kl",
         weight_temperature: float = 1.0,
         kd_temperature: float = 1.0,
@@ -123,9 +119,8 @@ class MSD(MultimodalClassifier):
         super().__init__(**kwargs)
         self.save_hyperparameters()
         h = self.hparams
-        choices = {"teacher_outputs": ("cached", "live"), "weighting": Weighting.__args__,
-                   "saliency": ("kl", "prob_drop"), "image_removal": ("zero", "blank"),
-                   "text_removal": ("empty", "mask")}
+        choices = {"teacher_outputs": ("cached", "live"), "saliency": ("kl", "prob_drop"),
+                   "image_removal": ("zero", "blank"), "text_removal": ("empty", "mask")}
         for key, allowed in choices.items():
             if h[key] not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {h[key]!r}")
@@ -136,22 +131,13 @@ class MSD(MultimodalClassifier):
             raise ConfigError("meta_every, weight_net_hidden and histogram_bins must be >= 1")
         if h.meta_inner_lr is not None and not h.meta_inner_lr > 0:
             raise ConfigError(f"meta_inner_lr must be > 0, got {h.meta_inner_lr}")
-        self.learned = h.weighting == "learned"
-        self.automatic_optimization = not self.learned
-        self.weight_net: WeightNet | None = None
-        if self.learned:
-            with seeded(h.init_seed + 7):
-                self.weight_net = WeightNet(2 * len(MODALITIES), len(MODALITIES), h.weight_net_hidden)
-        # (M,), the `dataset` scheme's; recomputed at every fit from the teacher and the data, so not checkpointed
-        self.register_buffer("dataset_saliency", torch.zeros(len(MODALITIES)), persistent=False)
+        # The one reading of `weighting`: a plain object, so only what trains (its `net`) enters the module's state.
+        self.scheme = make_weighting(h.weighting, h.saliency, h.weight_temperature, h.meta_lr, h.meta_inner_lr,
+                                     h.meta_every, h.weight_net_hidden, seed=h.init_seed + 7)
+        self.automatic_optimization = not self.scheme.manual_optimization
+        self.weight_net = self.scheme.net  # registered (learned): trains, checkpoints as `weight_net.*`, moves along
         self.teacher: _Teacher | None = None
         self._saliencies: list[Tensor] = []  # this epoch's (B, M) teacher saliencies, for the histograms
-        self._heldout_loader: Any = None  # `learned`: the held-out rows, from the datamodule at setup
-        self._heldout: Any = None  # an endless iterator over them
-        self._heldout_used = 0  # held-out batches drawn so far (checkpointed: a resumed run draws the next ones)
-        self._dataset_weights: Tensor | None = None  # (M,), the `dataset` scheme's, fixed at setup
-        self._meta_opt: torch.optim.Optimizer | None = None
-        self._meta_state: dict[str, Any] | None = None
 
     # ---------------------------------------------------------------------------------------------- teacher
     def setup(self, stage: str) -> None:
@@ -164,7 +150,7 @@ class MSD(MultimodalClassifier):
         before any training step."""
         h, trainer = self.hparams, self.trainer
         dm = trainer.datamodule
-        self._check_data_and_strategy(dm, trainer.strategy)
+        self._check_data_and_trainer(dm)
         teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, trainer.strategy))
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -174,18 +160,13 @@ class MSD(MultimodalClassifier):
         live = h.teacher_outputs == "live"
         if live and mismatch:
             raise ConfigError(f"{mismatch}: a live teacher sees the student's batches; use teacher_outputs=cached "
-                              "and python -m lightning_modules.msd.teacher")
+                              "and lm-suite teacher-cache")
         # A live teacher with `dataset` weights still takes its mean saliencies from the (cached) outputs.
-        outputs = self._cached_outputs(teacher, dm, settings, mismatch) if not live or h.weighting == "dataset" \
-            else None
-        if h.weighting == "dataset":
-            self.dataset_saliency.copy_(self._mean_saliency(outputs, dm))
-            self._dataset_weights = dataset_weights(self.dataset_saliency)  # (M,)
-            rank_zero_info(f"mean teacher saliency (image, text): {self.dataset_saliency.tolist()}")
+        outputs = self._cached_outputs(teacher, dm, settings, mismatch) \
+            if not live or self.scheme.needs_training_outputs else None
+        self.scheme.setup(dm, outputs, self.global_rank, trainer.world_size)
         # Cached: training runs no teacher forward, the teacher is dropped. Live: the outputs are not kept.
         self.teacher = _Teacher(teacher, settings, None) if live else _Teacher(None, settings, outputs)
-        if self.learned:
-            self._heldout_loader = dm.heldout_dataloader(self.global_rank, trainer.world_size)
 
     def _cached_outputs(self, teacher: MultimodalClassifier, dm: Any, settings: TeacherSettings,
                         mismatch: str | None) -> TeacherOutputs:
@@ -195,7 +176,7 @@ class MSD(MultimodalClassifier):
         meta = cache_metadata(teacher, dm.fingerprint("train"), settings)
         path = cache_file(h.cache_dir, meta)
         if mismatch and not strategy.broadcast(path.exists(), src=0):
-            raise ConfigError(f"{mismatch}: cache its outputs first (python -m lightning_modules.msd.teacher "
+            raise ConfigError(f"{mismatch}: cache its outputs first (lm-suite teacher-cache "
                               "with this run's flags)")
         logits, hit = load_or_compute(strategy, path, "logits", lambda: self._compute_outputs(teacher, dm, settings),
                                       meta)
@@ -206,22 +187,9 @@ class MSD(MultimodalClassifier):
                               f"{rows} rows of {dm.num_labels}")
         return TeacherOutputs(logits)
 
-    def _check_data_and_strategy(self, dm: Any, strategy: Any) -> None:
-        h = self.hparams
-        if self.learned:
-            if "heldout" not in dm.datasets:
-                raise ConfigError("weighting=learned fits its weights on held-out rows: set data.heldout_fraction "
-                                  "(e.g. 0.1)")
-            if not whole_model_on_each_rank(strategy):
-                raise ConfigError("weighting=learned needs the whole student on each rank for its lookahead step: "
-                                  f"one device or DDP, not {type(strategy).__name__}")
-            if str(self.trainer.precision) in ("16-mixed", "16-true"):
-                raise ConfigError("weighting=learned takes float32 or bfloat16: its meta-gradients are not loss-scaled "
-                                  f"(precision {self.trainer.precision})")
-        elif "heldout" in dm.datasets:
-            rank_zero_warn(f"data.heldout_fraction sets {len(dm.datasets['heldout'])} training rows aside, which only "
-                           "weighting=learned uses")
-        if dm.hparams.horizontal_flip and h.teacher_outputs == "cached":
+    def _check_data_and_trainer(self, dm: Any) -> None:
+        self.scheme.check(dm, self.trainer)  # e.g. learned: held-out rows, the whole student per rank, no fp16
+        if dm.hparams.horizontal_flip and self.hparams.teacher_outputs == "cached":
             rank_zero_warn("the cached teacher outputs are of unflipped images; with horizontal_flip the student sees "
                            "flipped ones (teacher_outputs=live matches them)")
 
@@ -241,60 +209,24 @@ class MSD(MultimodalClassifier):
                                len(dm.examples("train")), settings, dm.tokenizer, device)
         return gather_rows(part)
 
-    def _mean_saliency(self, outputs: TeacherOutputs, dm: Any) -> Tensor:
-        """Each modality's mean teacher saliency over the training rows (held-out rows excluded): (M,)."""
-        examples = dm.datasets["train"].examples
-        index = torch.tensor([e.index for e in examples])
-        labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if dm.multi_label else torch.long)
-        t = outputs.lookup(index)  # (3, N, L)
-        sal = modality_saliency(t[0], t[1:], labels, self.hparams.saliency, dm.multi_label)  # (N, M)
-        return sal.mean(0)
-
     def on_fit_start(self) -> None:
         if self.teacher.model is not None:
             self.teacher.model.to(self.device).eval()
         if self.teacher.outputs is not None:
             self.teacher.outputs.to(self.device)  # lookups by the batch's index, no host transfer
-        if self._dataset_weights is not None:
-            self._dataset_weights = self._dataset_weights.to(self.device)
-        if self.learned:
-            self._heldout = self._cycle(self._heldout_loader, self._heldout_used)
-
-    @staticmethod
-    def _cycle(loader: Any, start: int) -> Any:
-        """Held-out batches without end, from the ``start``-th on (a resumed run continues where it stopped)."""
-        epoch, skip = divmod(start, len(loader))
-        while True:
-            loader.sampler.set_epoch(epoch)
-            batches = iter(loader)
-            for _ in range(skip):
-                next(batches)
-            yield from batches
-            epoch, skip = epoch + 1, 0
-
-    def _meta_optimizer(self) -> torch.optim.Optimizer:
-        """The weight network's Adam, made at the first meta step (after any checkpoint was restored, whatever the
-        strategy's order of hooks) with the restored state."""
-        if self._meta_opt is None:
-            self._meta_opt = torch.optim.Adam(self.weight_net.parameters(), lr=self.hparams.meta_lr)
-            if self._meta_state is not None:
-                self._meta_opt.load_state_dict(self._meta_state)
-        return self._meta_opt
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.learned:
-            state = self._meta_opt.state_dict() if self._meta_opt is not None else self._meta_state
-            checkpoint["msd_meta"] = {"optimizer": state, "heldout_used": self._heldout_used}
+        state = self.scheme.state_dict()  # learned: {"optimizer", "heldout_used"}; the others keep none
+        if state:
+            checkpoint["msd_meta"] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = checkpoint.get("msd_meta") or {}
-        self._meta_state, self._meta_opt = meta.get("optimizer"), None
-        self._heldout_used = int(meta.get("heldout_used", 0))
+        self.scheme.load_state_dict(checkpoint.get("msd_meta") or {})
 
     # ------------------------------------------------------------------------------------------ objective
     def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
         """What both models see: the three views stacked (3B rows), or the full input alone (B rows) for plain KD."""
-        if self.hparams.weighting == "none":
+        if not self.scheme.modality_terms:
             return batch
         s = self.teacher.settings
         return views(batch, s.image_mode, s.text_mode, self.tokenizer, s.image_mean, s.image_std)
@@ -319,38 +251,23 @@ class MSD(MultimodalClassifier):
         return msd_loss(student[0], teacher[0], student[1:], teacher[1:], labels, weights, h.kd_temperature,
                         h.multi_label, h.task_weight, h.kd_weight)
 
-    def _saliency_features(self, teacher: Tensor, labels: Tensor) -> Tensor:
-        """(B, 2M): both saliencies of each modality, the learned weight network's input."""
-        ml = self.hparams.multi_label
-        return torch.cat([modality_saliency(teacher[0], teacher[1:], labels, kind, ml)
-                          for kind in ("kl", "prob_drop")], dim=-1)
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        h, labels = self.hparams, batch["labels"]
+        labels, scheme = batch["labels"], self.scheme
         inputs = self._inputs(batch)
         teacher = self._teacher_logits(batch, inputs)  # (3, B, L), or (1, B, L)
-        features = self._saliency_features(teacher, labels) if self.learned else None  # (B, 2M): kl, prob_drop
-        if features is not None:
-            saliency = features.view(-1, 2, len(MODALITIES))[:, 0 if h.saliency == "kl" else 1]  # (B, M)
-        else:
-            saliency = None if teacher.shape[0] == 1 else modality_saliency(
-                teacher[0], teacher[1:], labels, h.saliency, h.multi_label)  # (B, M)
-        meta = self.learned and batch_idx % h.meta_every == 0
+        # (B, M) logged, (B, F) the scheme's input; none without the single-modality views (a live plain-KD teacher)
+        saliency, features = (None, None) if teacher.shape[0] == 1 else \
+            scheme.features(teacher, labels, self.hparams.multi_label)
+        meta = scheme.meta_due(batch_idx)
         # The meta step differentiates through the student's forward twice: no fused attention kernel can.
         with sdpa_kernel(SDPBackend.MATH) if meta else nullcontext():
             out = self.net(inputs)  # (3B, L), or (B, L) for plain KD
         student = out.view(-1, labels.shape[0], out.shape[-1])  # (3, B, L), or (1, B, L)
-        weights = None
-        if self.learned:
-            if meta:
-                self._meta_step(batch, student, teacher, features)
-            weights = self.weight_net(features).detach()  # (B, M), after the meta update
-        elif h.weighting == "dataset":
-            weights = self._dataset_weights.expand(labels.shape[0], -1)  # (B, M)
-        elif h.weighting != "none":
-            weights = modality_weights(saliency, h.weighting, h.weight_temperature)
+        if meta:  # reuses `student`, whose graph reaches the student's parameters: no second training forward
+            scheme.meta_step(self, lambda w: self._loss(student, teacher, labels, w)[0], features)
+        weights = None if features is None else scheme.weights(features)  # (B, M) detached; None: plain KD
         loss, parts = self._loss(student, teacher, labels, weights)
-        if self.learned:
+        if not self.automatic_optimization:
             self._student_step(loss)
         self._log_step(loss, parts, saliency, weights, labels.shape[0])
         return loss
@@ -361,39 +278,12 @@ class MSD(MultimodalClassifier):
         opt.zero_grad()
         # The weight network takes no part in this backward; a zero term gives its parameters (zero) gradients so
         # that DDP, which reduces every registered parameter, does not wait for them.
-        self.manual_backward(loss + 0.0 * sum(p.sum() for p in self.weight_net.parameters()))
+        owned = self.weight_net.parameters() if self.weight_net is not None else ()
+        self.manual_backward(loss + 0.0 * sum(p.sum() for p in owned))
         opt.step()
         scheduler = self.lr_schedulers()
         if scheduler is not None:
             scheduler.step()
-
-    def _meta_step(self, batch: dict[str, Any], student: Tensor, teacher: Tensor, features: Tensor) -> None:
-        """One bilevel update of the weight network on a held-out batch (:func:`bilevel.lookahead_grads`).
-
-        ``student`` (3, B, L) was computed from the student's current parameters: the training loss reuses it
-        (its graph reaches the parameters), so the meta step adds no forward on the training batch."""
-        h = self.hparams
-        held = self.trainer.precision_plugin.convert_input(self.transfer_batch_to_device(next(self._heldout),
-                                                                                         self.device, 0))
-        self._heldout_used += 1
-        params = {n: p for n, p in self.net.named_parameters() if p.requires_grad}
-        inner_lr = h.meta_inner_lr or self.optimizers().param_groups[0]["lr"]
-
-        def train_loss(_: dict[str, Tensor]) -> Tensor:
-            return self._loss(student, teacher, batch["labels"], self.weight_net(features))[0]
-
-        def heldout_loss(p: dict[str, Tensor]) -> Tensor:
-            return task_loss(functional_call(self.net, p, (held,)), held["labels"], h.multi_label)[0]
-
-        meta = list(self.weight_net.parameters())
-        grads, held_loss = lookahead_grads(params, train_loss, heldout_loss, meta, inner_lr)
-        grads = average_across_ranks(grads)
-        if bool(torch.isfinite(torch.cat([g.reshape(-1) for g in grads])).all()):  # an overflow must not poison it
-            for p, g in zip(meta, grads, strict=True):
-                p.grad = g
-            self._meta_optimizer().step()
-            self._meta_optimizer().zero_grad(set_to_none=True)
-        self.log("train/heldout_loss", held_loss, batch_size=held["labels"].shape[0])
 
     def _log_step(self, loss: Tensor, parts: dict[str, Tensor], saliency: Tensor | None, weights: Tensor | None,
                   batch_size: int) -> None:

@@ -17,14 +17,11 @@ file is safetensors: ``logits`` (N, 3, L) float32 in the order of ``modality.VIE
 metadata. Images go through the evaluation transform (no random flip), and the teacher runs in float32 whatever the
 training precision.
 
-The MSD module fills the cache itself at setup (``teacher_outputs: cached``; each rank a shard under DDP). To fill
-it apart, e.g. for a teacher with another tokenizer or image size than the student (each model then sees the rows
-its own way), give this command the flags of the training run::
+The MSD module fills the cache itself at setup (``teacher_outputs: cached``; each rank a shard under DDP). A teacher
+with another tokenizer or image size than the student (each model then sees the rows its own way) needs its cache
+filled apart, by ``lm-suite teacher-cache`` (:mod:`pipelines.teacher_cache`) with the training run's flags.
 
-    python -m lightning_modules.msd.teacher --config configs/msd.yaml [--data.data_dir ...] [--device cuda]
-
-It parses them as ``train.py`` does, tokenizes and resizes for the teacher, and writes the file that training then
-reads.
+A missing teacher is trained first when MSD names a ``teacher_recipe`` (:func:`teacher_path`).
 """
 
 from __future__ import annotations
@@ -34,6 +31,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +47,6 @@ from core.errors import ConfigError
 from core.shard_cache import save_tensor
 from lightning_modules.msd.modality import views
 
-ROOT = Path(__file__).resolve().parent.parent
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                    "MASTER_PORT", "TORCHELASTIC_RUN_ID")
 OPTIMISER_ARGS = ("lr", "weight_decay", "warmup_steps", "lr_schedule", "init_seed", "image_pretrained",
@@ -152,31 +149,59 @@ def _forward_all(teacher: nn.Module, batches: Any, num_rows: int, settings: Teac
     return result
 
 
-def teacher_path(teacher: str, recipe: str | None, strategy: Any = None) -> Path:
-    """The teacher's path; when it is missing and ``recipe`` names a training config, rank 0 first trains it with
-    ``train.py fit --config recipe`` (which must export it there: ``callbacks.ExportModel``). Other ranks wait
-    (``strategy`` None: one process)."""
+def teacher_path(teacher: str, recipe: str | None, strategy: Any = None,
+                 train: Callable[[str], None] | None = None) -> Path:
+    """The teacher's path; when it is missing and ``recipe`` names a training config, rank 0 first trains it
+    (``lm-suite fit --config recipe``, which must export it there: ``callbacks.ExportModel``). Other ranks wait
+    (``strategy`` None: one process).
+
+    ``train(recipe)`` trains it in this process (the one-process ``lm-suite teacher-cache``). Without it, the MSD
+    module at setup, maybe inside a DDP job, trains it in a fresh process of its own: ``python -m pipelines.train``
+    without the launcher's variables, so the nested run is a plain one-process run."""
     path = Path(teacher)
     if not path.exists() and recipe:
-        failed = ""
+        failed, error = "", None
         if strategy is None or strategy.is_global_zero:
             rank_zero_info(f"no teacher at {path}: training one with {recipe}")
-            cmd = [sys.executable, str(ROOT / "train.py"), "fit", "--config", recipe]
-            # A plain one-process run, even from inside a DDP job: none of the launcher's variables.
-            env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
-            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            failed = done.stderr[-2000:] if done.returncode != 0 else ""
+            try:
+                failed = _train_apart(recipe) if train is None else _train_here(train, recipe)
+            except Exception as err:  # a crash, not a failed run: the other ranks hear of it, this one re-raises it
+                failed, error = f"{type(err).__name__}: {err}", err
         if strategy is not None:
             failed = strategy.broadcast(failed, src=0)  # every rank raises, none waits forever
+        if error is not None:
+            raise error
         if failed:
             raise ConfigError(f"training the teacher with {recipe} failed: {failed}")
         if not path.exists():
             raise ConfigError(f"{recipe} trained, but wrote no teacher at {path}: its callbacks.ExportModel must "
                               f"have dirpath {path}")
     if not path.exists():
-        raise ConfigError(f"no teacher at {path}: train one (python train.py fit --config "
+        raise ConfigError(f"no teacher at {path}: train one (lm-suite fit --config "
                           "configs/multimodal_teacher.yaml) or set model.teacher_recipe")
     return path
+
+
+def _train_apart(recipe: str) -> str:
+    """Train ``recipe`` in a fresh one-process run; "" when it succeeds, else the end of its stderr."""
+    cmd = [sys.executable, "-m", "pipelines.train", "fit", "--config", recipe]
+    # A plain one-process run, even from inside a DDP job: none of the launcher's variables. It imports the suite
+    # this process imported, installed or not (this process's import path).
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return done.stderr[-2000:] if done.returncode != 0 else ""
+
+
+def _train_here(train: Callable[[str], None], recipe: str) -> str:
+    """Train ``recipe`` with ``train`` in this process; "" when it succeeds. A CLI's error exit (it has printed the
+    reason) is a failed run."""
+    try:
+        train(recipe)
+    except SystemExit as exit_:
+        if exit_.code not in (0, None):
+            return f"exit status {exit_.code} (its error is printed above)"
+    return ""
 
 
 def check_teacher_data(teacher: Any, datamodule: Any) -> None:

@@ -34,7 +34,7 @@ class DownstreamHead(LightningModule):
         hidden, dropout: the MLP's hidden width and the dropout after its activation.
         num_labels, input_dim, task_type: None = taken from the datamodule (``num_labels``, ``input_dim``,
             ``task_type``) when the model is built; without a datamodule, ``num_labels == 1`` means regression.
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
     """
 
     def __init__(

@@ -43,7 +43,7 @@ class PrefixTuning(LightningModule):
         prefix_length, reparameterize, prefix_hidden: the prefix
             (:class:`~lightning_modules.prefix.networks.PrefixEncoder`).
         pooling: ``cls`` (first token) or ``mean`` (over real tokens) before the linear head.
-        lr, weight_decay: AdamW (``optim.py``) over the prefix and the head.
+        lr, weight_decay: AdamW (``core/optim.py``) over the prefix and the head.
         max_length: inputs are cut to ``min(max_length, max_position_embeddings - prefix_length)`` tokens.
         registry: a prefix registry folder; when set, ``on_train_end`` saves the prefix there as ``task``.
         init_seed: seeds the prefix and head init, and a random-init preset encoder.

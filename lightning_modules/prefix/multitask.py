@@ -33,7 +33,7 @@ class MultiTaskEncoder(LightningModule):
         tasks: task name -> number of labels; None = taken from the datamodule at setup (and saved with the
             hyperparameters, so checkpoints rebuild the heads).
         pooling: ``mean`` over real tokens or the first token (``cls``).
-        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``optim.py``).
+        lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
     """
 
     def __init__(

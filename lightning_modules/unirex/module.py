@@ -1,9 +1,9 @@
 """UNIREX: a rationale extractor trained jointly with the task model, for faithful and plausible rationales.
 
 Chan et al. 2022 (ICML), "UNIREX: A Unified Learning Framework for Language Model Rationale Extraction". A rationale
-extractor scores every input token (``rationale.py``: heuristic attribution, or a learned token head on a separate
+extractor scores every input token (``networks.py``: heuristic attribution, or a learned token head on a separate
 encoder or on the task model's own one); the top-k% tokens (k in ``train_topk``) are a hard rationale, and the
-task model learns with the weighted sum of (``losses/rationale.py``)
+task model learns with the weighted sum of (``loss.py``)
 
 - task cross-entropy on the full input;
 - comprehensiveness: the input without the rationale should lose (margin ``comp_margin``, 1.0);
@@ -22,8 +22,8 @@ probability, normalised over the bins as ERASER does (``aopc_normalisation="eras
 the UNIREX code does (``"unirex"``: sum / (K + 1)); plausibility ``auprc`` (from the token scores), ``token_f1`` and
 ``iou_f1`` (IOU >= 0.5) of the hard rationale (the top ``hard_topk``%, or for a learned extractor logit > 0 with
 ``hard_rationale="threshold"``) against human rationales. Heuristic extractors attribute the gold label in training
-and the predicted one at evaluation. ``test`` also writes ``metrics.json`` into the log folder, which ``python -m
-pipelines.nrg`` reads to compare runs.
+and the predicted one at evaluation. ``test`` also writes ``metrics.json`` into the log folder, which ``lm-suite nrg``
+reads to compare runs.
 
 Multiple choice (CoS-E): batches of (B, C, T) option rows; the task head gives one score per row, (B, C) logits.
 Extraction, masking and deletion work on the option rows; plausibility is scored on the predicted option's row.
@@ -87,7 +87,7 @@ class UNIREX(LightningModule):
         extractor_head, extractor_hidden: the token head, ``linear`` or ``mlp`` (with that hidden width).
         ig_steps: integrated-gradients path points.
         task_weight, comp_weight, suff_weight, plaus_weight: loss weights (0 turns a term off).
-        comp_criterion, comp_margin, suff_criterion, suff_margin: see ``losses/rationale.py``.
+        comp_criterion, comp_margin, suff_criterion, suff_margin: see :mod:`lightning_modules.unirex.loss`.
         plaus_pos_weight: BCE positive-class weight; None = #negatives / #positives of the batch.
         train_topk, eval_topk: the k% bins; ``sample_k`` trains on one k drawn per step instead of all.
         batched_k: all k variants in one forward (True) or a loop over k.

@@ -11,7 +11,7 @@ Chan et al. 2022 (ICML), "UNIREX", compare rationale extractors of two families:
 - learned: a token head (linear or MLP) on a separate encoder, or on the task model's own encoder.
 
 ``random`` and ``gold`` (the human rationale) are reference extractors. Networks return scores; the losses live in
-``losses/rationale.py`` and the LightningModule (``unirex.py``) only glues them.
+``loss.py`` and the LightningModule (``module.py``) only glues them.
 """
 
 from __future__ import annotations

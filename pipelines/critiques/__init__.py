@@ -10,14 +10,14 @@ critiques) reads the output's ``chosen_critique`` / ``rejected_critique`` fields
 - :mod:`.parse`: :func:`~.parse.parse_score`, the score / rating parser;
 - :mod:`.pipeline`: reading pairs, the consistency filter, refinement, resumable atomic runs and statistics;
 - :mod:`.scripted`: :class:`~.scripted.ScriptedCritic`, a seeded LLM double for tests and the offline data;
-- ``python -m pipelines.critiques generate``: the CLI (:mod:`.__main__`).
+- ``lm-suite critiques generate``: the CLI (:mod:`.__main__`).
 
 The committed offline data ``data/critic/{train,val}.jsonl`` was made from the planted synthetic pairs of
 :mod:`datamodules.synthetic` (``data/tiny``) with the scripted critic, with noise so that the filter has work::
 
-    python -m pipelines.critiques generate --pairs data/tiny/train.jsonl --out data/critic/train.jsonl \\
+    lm-suite critiques generate --pairs data/tiny/train.jsonl --out data/critic/train.jsonl \\
         --backend scripted --refine summ --n 4 --flip-rate 0.15 --unparseable-rate 0.05 --seed 0
-    python -m pipelines.critiques generate --pairs data/tiny/val.jsonl --out data/critic/val.jsonl \\
+    lm-suite critiques generate --pairs data/tiny/val.jsonl --out data/critic/val.jsonl \\
         --backend scripted --refine summ --n 4 --flip-rate 0.15 --unparseable-rate 0.05 --seed 0
 
 (each also writes ``<out>.stats.json``).

@@ -5,8 +5,8 @@ of each preference pair, filtered for consistency with the label and refined (su
 
 ::
 
-    python -m pipelines.critiques generate --pairs pairs.jsonl --out critiques.jsonl --model hf:ORG/NAME --n 4
-    python -m pipelines.critiques generate --pairs data/tiny/train.jsonl --out data/critic/train.jsonl \\
+    lm-suite critiques generate --pairs pairs.jsonl --out critiques.jsonl --model hf:ORG/NAME --n 4
+    lm-suite critiques generate --pairs data/tiny/train.jsonl --out data/critic/train.jsonl \\
         --backend scripted --refine summ --n 4 --flip-rate 0.15 --unparseable-rate 0.05
 
 User errors (bad input, settings or templates) print one line ``error: ...`` and exit with status 2.

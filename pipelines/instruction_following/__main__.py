@@ -5,13 +5,15 @@ synthesise prompts with verifiable constraints (IFEval's types, Zhou et al. 2023
 
 ::
 
-    python -m pipelines.instruction_following synth --n 48000 --seed 0 --out prompts.jsonl
-    python -m pipelines.instruction_following score --input prompts.jsonl --responses responses.jsonl
-    python -m pipelines.instruction_following rs --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama --n 4
-    python -m pipelines.instruction_following mcts --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama
-    python -m pipelines.instruction_following curate --pairs rs.jsonl mcts.jsonl --out curated.jsonl --min-gap 0.5
-    python -m pipelines.instruction_following subsets --pairs rs.jsonl mcts.jsonl --ablation contrast --out-dir sub
-    python -m pipelines.instruction_following job --out runs/if_job
+    lm-suite if synth --n 48000 --seed 0 --out prompts.jsonl
+    lm-suite if score --input prompts.jsonl --responses responses.jsonl
+    lm-suite if rs --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama --n 4
+    lm-suite if mcts --prompts prompts.jsonl --out pairs.jsonl --model tiny-llama
+    lm-suite if curate --pairs rs.jsonl mcts.jsonl --out curated.jsonl --min-gap 0.5
+    lm-suite if subsets --pairs rs.jsonl mcts.jsonl --ablation contrast --out-dir sub
+    lm-suite if job --out runs/if_job
+
+(``python -m pipelines.instruction_following COMMAND ...`` runs the same parser.)
 
 Each command is a subparser that sets ``run`` (a function of the parsed arguments returning the exit status).
 ``score`` hands its arguments unchanged to :func:`.scoring.main` (so ``score -h`` shows that command's help).

@@ -21,7 +21,7 @@ YAML::
 
 CLI::
 
-    python train.py fit --config configs/dpo.yaml --trainer.callbacks+=IFEvalCallback \\
+    lm-suite fit --config configs/dpo.yaml --trainer.callbacks+=IFEvalCallback \\
         --trainer.callbacks.prompts=data/ifeval_heldout.jsonl --trainer.callbacks.every_n_steps=100
 """
 

@@ -34,7 +34,7 @@ Determinism: sampling uses ``random.Random`` seeded with strings built from ``se
 byte-identical files; a run killed part-way leaves each file either as before or complete, and a rerun ends with
 exactly the files of an uninterrupted run.
 
-CLI (``python -m pipelines.instruction_following``)::
+CLI (``lm-suite if``)::
 
     curate --pairs rs.jsonl mcts.jsonl --out curated.jsonl [--min-gap X] [--max-gap X] [--min-chosen X]
            [--max-chosen X] [--complexity 1,2,3] [--method rs|mcts ...] [--shared-prefix yes|no]
@@ -507,7 +507,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def add_curate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``curate`` command's arguments (used by ``python -m pipelines.instruction_following``)."""
+    """The ``curate`` command's arguments (used by ``lm-suite if curate``)."""
     _add_common(parser)
     parser.add_argument("--out", required=True, help="output JSONL of the curated pairs")
     parser.add_argument("--mix", default=None, help="contrast-bucket proportions, e.g. high=0.5,low=0.5")
@@ -516,7 +516,7 @@ def add_curate_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 
 def add_subsets_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``subsets`` command's arguments (used by ``python -m pipelines.instruction_following``)."""
+    """The ``subsets`` command's arguments (used by ``lm-suite if subsets``)."""
     _add_common(parser)
     parser.add_argument("--ablation", required=True, choices=tuple(ABLATIONS), help="which ablation's arms to cut")
     parser.add_argument("--out-dir", required=True, help="folder for <ablation>_<arm>.jsonl and <ablation>_stats.json")

@@ -139,7 +139,7 @@ def generate_rows(
     max_new_tokens: int = 128,
     retries: int = 1,
 ) -> list[EvalRow]:
-    """One response per record (all in one :func:`~.generation.generate_with_retries` call), scored; may be empty.
+    """One response per record (all in one :func:`~core.generation.generate_with_retries` call), scored; may be empty.
 
     Failed prompts become rows with ``error`` set and every flag False (module docstring).
     """

@@ -26,7 +26,7 @@ chunk by chunk); ``job.json`` holds the settings, and a rerun with other setting
 
 CLI::
 
-    python -m pipelines.instruction_following job --out runs/if_job          # the default: a few minutes, 2 CPUs
+    lm-suite if job --out runs/if_job          # the default: a few minutes, 2 CPUs
 """
 
 from __future__ import annotations

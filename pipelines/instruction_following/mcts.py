@@ -24,7 +24,7 @@ with exactly (they differ after it). Records have the format of :mod:`.pairs` wi
 
 CLI (resumable like ``rs``)::
 
-    python -m pipelines.instruction_following mcts --prompts p.jsonl --out pairs.jsonl --model tiny-llama
+    lm-suite if mcts --prompts p.jsonl --out pairs.jsonl --model tiny-llama
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def write_mcts_pairs(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``mcts`` command's arguments (used by ``python -m pipelines.instruction_following``)."""
+    """The ``mcts`` command's arguments (used by ``lm-suite if mcts``)."""
     add_generator_arguments(parser)
     d = MCTSConfig()
     parser.add_argument("--k", type=int, default=d.k, help=f"segments sampled per expansion (default: {d.k})")

@@ -4,7 +4,7 @@ Kim et al. 2025, "A Systematic Examination of Preference Learning through the Le
 curate pairs two ways; this module is the first (RS), :mod:`.mcts` the second. For each prompt (an IFEval-format
 record ``key, prompt, instruction_id_list, kwargs, complexity``):
 
-1. sample ``n`` whole responses from the policy (a :class:`~.generation.Generator`);
+1. sample ``n`` whole responses from the policy (a :class:`~core.generation.Generator`);
 2. score each strictly (:func:`.scoring.score`): the fraction of the prompt's constraints followed, plus the
    all-followed flag; an empty (or whitespace-only) response scores 0;
 3. chosen = a best-scoring sample (the first one, in sampling order); rejected by ``rule``:
@@ -32,7 +32,7 @@ still fails after ``retries`` further attempts are written, with their ``error``
 
 CLI::
 
-    python -m pipelines.instruction_following rs --prompts p.jsonl --out pairs.jsonl --model tiny-llama --n 4
+    lm-suite if rs --prompts p.jsonl --out pairs.jsonl --model tiny-llama --n 4
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def print_report(report: RunReport, what: str) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``rs`` command's arguments (used by ``python -m pipelines.instruction_following``)."""
+    """The ``rs`` command's arguments (used by ``lm-suite if rs``)."""
     add_generator_arguments(parser)
     parser.add_argument("--n", type=int, default=4, help="samples per prompt (default: 4)")
     parser.add_argument("--rule", choices=RULES, default="worst", help="how the rejected is picked (default: worst)")

@@ -21,7 +21,7 @@ values are ignored); responses are ``{"prompt", "response"}`` lines matched to i
 
 CLI::
 
-    python -m pipelines.instruction_following.scoring --input input.jsonl --responses responses.jsonl
+    lm-suite if score --input input.jsonl --responses responses.jsonl
 """
 
 from __future__ import annotations

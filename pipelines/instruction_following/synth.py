@@ -31,7 +31,7 @@ Records are IFEval's input lines (``key``, ``prompt``, ``instruction_id_list``, 
 :func:`~.scoring.read_ifeval_inputs`) plus ``complexity``, ``task`` (the base task sentence), ``topic`` and
 ``template``.
 
-Files: :func:`write_prompts` (the ``synth`` command of ``python -m pipelines.instruction_following``) writes the
+Files: :func:`write_prompts` (the ``lm-suite if synth`` command) writes the
 records in parts of ``chunk_size`` lines into ``<out>.parts/``, each part atomically, then assembles ``<out>``
 atomically and removes the parts. Generation is cheap (48,000 prompts take a few seconds), so a re-run with the
 same arguments regenerates the deterministic stream and keeps each part already on disk whose bytes match, writing
@@ -409,7 +409,7 @@ def _weights(value: str) -> list[float]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``synth`` command's arguments (also used by ``python -m pipelines.instruction_following``)."""
+    """The ``synth`` command's arguments (also used by ``lm-suite if synth``)."""
     parser.add_argument("--n", type=int, default=48_000, help="number of unique prompts (default: 48000, the paper's)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed and options, same file")
     parser.add_argument("--out", required=True, help="output JSONL (IFEval input format plus extras)")

@@ -37,6 +37,7 @@ from lightning_modules.msd.teacher import (
     compute_outputs,
     read_metadata,
 )
+from lightning_modules.msd.weighting import cycle_batches
 from pipelines.teacher_cache import main as cache_main
 from train import main
 
@@ -230,7 +231,7 @@ def test_dataset_weights_use_the_mean_training_saliency(trained: dict[str, Any],
     rows = cli.datamodule.examples("train")
     logits = cached.lookup(torch.tensor([e.index for e in rows]))
     expected = modality_saliency(logits[0], logits[1:], torch.tensor([e.label for e in rows])).mean(0)
-    torch.testing.assert_close(cli.model.dataset_saliency, expected)
+    torch.testing.assert_close(cli.model.scheme.mean_saliency, expected)
     weight_image = float(cli.trainer.callback_metrics["train/weight_image"])
     assert weight_image == pytest.approx(float(2 * expected[0] / expected.sum()), abs=1e-5)
 
@@ -302,12 +303,12 @@ def test_weight_net_starts_uniform_and_learned_msd_trains_it(trained: dict[str, 
                                      "0.1", "--trainer.max_steps", "6", "--trainer.limit_val_batches", "0",
                                      "--trainer.default_root_dir", str(tmp_path / "resumed"),
                                      "--ckpt_path", str(ckpt_path))])
-    assert resumed.model._meta_opt.state_dict()["state"][0]["step"] == 6
-    assert resumed.model._heldout_used == 6
+    assert resumed.model.scheme.optimizer.state_dict()["state"][0]["step"] == 6
+    assert resumed.model.scheme.heldout_used == 6
     # The held-out batches continue where they stopped: from the k-th on, as an uninterrupted run draws them.
     loader = cli.datamodule.heldout_dataloader()  # 60 rows: 2 batches per pass
-    fresh = [b["index"] for _, b in zip(range(6), MSD._cycle(loader, 0), strict=False)]
-    later = [b["index"] for _, b in zip(range(3), MSD._cycle(loader, 3), strict=False)]
+    fresh = [b["index"] for _, b in zip(range(6), cycle_batches(loader, 0), strict=False)]
+    later = [b["index"] for _, b in zip(range(3), cycle_batches(loader, 3), strict=False)]
     assert all(torch.equal(a, b) for a, b in zip(fresh[3:], later, strict=True))
     assert not torch.equal(fresh[0], fresh[2])  # each pass is reshuffled
     assert len(cli.datamodule.datasets["heldout"]) == 60 and len(cli.datamodule.datasets["train"]) == 540
@@ -427,7 +428,7 @@ def test_teacher_with_another_image_size_needs_its_cache_made_apart(tmp_path: Pa
     assert "the teacher takes 32px images, the data makes 48px" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # cached but not made yet: the same reason, and how to make it
         main(["fit", *msd_args(tmp_path, *common)])
-    assert "python -m lightning_modules.msd.teacher" in capsys.readouterr().err
+    assert "lm-suite teacher-cache" in capsys.readouterr().err
     config = yaml.safe_load((ROOT / "configs/msd.yaml").read_text())
     config["model"]["init_args"].update(teacher=str(teacher), cache_dir=str(tmp_path / "cache"))
     config["data"]["init_args"].update(train_file=str(train), val_file=None, test_file=None, image_size=SIZE)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from core.losses import kd_softmax
-from lightning_modules.msd.loss import modality_saliency, modality_weights, msd_loss
+from lightning_modules.msd.loss import modality_saliency, msd_loss
+from lightning_modules.msd.weighting import Dataset, Instance, Uniform, make_weighting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LN3 = math.log(3.0)
@@ -51,18 +52,18 @@ def test_multi_label_saliencies_by_hand():
 
 def test_weighting_schemes_by_hand():
     s = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
-    assert modality_weights(s, "uniform").tolist() == [[1.0, 1.0], [1.0, 1.0]]
-    w = modality_weights(s, "dataset", dataset_mean=torch.tensor([0.3, 0.1]))
+    assert Uniform().weights(s).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    w = Dataset(mean=torch.tensor([0.3, 0.1])).weights(s)
     torch.testing.assert_close(w, torch.tensor([[1.5, 0.5], [1.5, 0.5]]))  # 2 * 0.3 / 0.4, 2 * 0.1 / 0.4
-    assert modality_weights(s, "dataset", dataset_mean=torch.tensor([-0.1, 0.0])).tolist() == [[1.0, 1.0]] * 2
-    w = modality_weights(s, "instance", temperature=0.5)
+    assert Dataset(mean=torch.tensor([-0.1, 0.0])).weights(s).tolist() == [[1.0, 1.0]] * 2
+    w = Instance(temperature=0.5).weights(s)
     # 2 * softmax((2, 0)) = 2 e^2 / (e^2 + 1), 2 / (e^2 + 1); a row of equal saliencies: (1, 1)
     e2 = math.exp(2)
     torch.testing.assert_close(w, torch.tensor([[2 * e2 / (e2 + 1), 2 / (e2 + 1)], [1.0, 1.0]]))
     with pytest.raises(ValueError, match="dataset"):
-        modality_weights(s, "dataset")
-    with pytest.raises(ValueError, match="scheme"):
-        modality_weights(s, "learned")  # type: ignore[arg-type]
+        Dataset().weights(s)  # no mean saliency yet
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        make_weighting("median")
 
 
 def test_msd_loss_adds_the_weighted_modality_terms():
