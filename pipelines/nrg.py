@@ -292,7 +292,7 @@ def format_table(table: NRGTable) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI: the NRG table of several runs, optionally written as JSON."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.nrg",
+        prog="lm-suite nrg",
         description="Normalized Relative Gain of runs over faithfulness, plausibility and task metrics (UNIREX).",
     )
     parser.add_argument("runs", nargs="+", help="metrics JSON, CSVLogger metrics.csv, or a folder holding one")

@@ -44,7 +44,7 @@ USER_ERRORS = (DataError, ConfigError, UnknownModelError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m pipelines.prefix_extract", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="lm-suite prefix extract", description=__doc__.split("\n")[0])
     p.add_argument("--registry", help="prefix registry folder (not needed with --prefixes none)")
     p.add_argument("--backbone", required=True, help="encoder name, as for build_encoder (tiny-bert, hf:<folder>)")
     p.add_argument("--prefixes", nargs="+", default=["all"],

@@ -213,7 +213,7 @@ def write_tiny_rewardbench(path: str | Path, n: int = 64, seed: int = 777) -> No
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: RewardBench table and JSON of a scored file, or write the tiny RewardBench-format file."""
     parser = argparse.ArgumentParser(
-        prog="python -m lightning_modules.critic_rm.metrics",
+        prog="lm-suite rewardbench",
         description="RewardBench accuracy, section scores and overall score of scored pairs (Lambert et al. 2024).",
     )
     mode = parser.add_mutually_exclusive_group(required=True)

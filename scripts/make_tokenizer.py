@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from core.io import atomic_path  # noqa: E402
 
-OUT = ROOT / "lightning_modules" / "assets" / "tiny_tokenizer"
+OUT = ROOT / "core" / "assets" / "tiny_tokenizer"
 
 BOS, EOS, PAD, UNK = "<|begin_of_text|>", "<|eot|>", "<|pad|>", "<|unk|>"
 HEADER_START, HEADER_END, END_OF_TEXT = "<|start_header|>", "<|end_header|>", "<|end_of_text|>"

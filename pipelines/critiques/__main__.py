@@ -36,7 +36,7 @@ from pipelines.resumable import failures_path
 
 __all__ = ["BACKENDS", "add_arguments", "build_parser", "main", "run"]
 
-PROG = "python -m pipelines.critiques"
+PROG = "lm-suite critiques"
 BACKENDS = ("hf", "vllm", "scripted")
 
 

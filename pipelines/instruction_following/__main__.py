@@ -29,7 +29,7 @@ from pipelines.instruction_following import curate, job, mcts, pairs, scoring, s
 
 __all__ = ["build_parser", "main"]
 
-PROG = "python -m pipelines.instruction_following"
+PROG = "lm-suite if"
 
 #: Commands whose arguments are passed through, unparsed, to another module's ``main(argv)``.
 PASSTHROUGH: dict[str, Callable[[Sequence[str]], int]] = {"score": scoring.main}

@@ -360,7 +360,7 @@ def evaluate_files(input_path: str | Path, responses_path: str | Path) -> list[P
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: print IFEval's four accuracies for a responses file against an input file."""
     parser = argparse.ArgumentParser(
-        prog="python -m pipelines.instruction_following.scoring",
+        prog="lm-suite if score",
         description="IFEval strict/loose prompt- and instruction-level accuracy (Zhou et al. 2023).",
     )
     parser.add_argument("--input", required=True, help="IFEval input JSONL (key, prompt, instruction_id_list, kwargs)")
