@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
@@ -24,6 +23,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from core.errors import ConfigError
 from core.heads import TaskType, build_head, eval_metrics
 from core.optim import OptimSpec, configure_adamw
+from lightning_modules.prefix.loss import head_loss
 
 
 class DownstreamHead(LightningModule):
@@ -102,9 +102,7 @@ class DownstreamHead(LightningModule):
         return out.squeeze(-1) if self.hparams.task_type == "regression" else out
 
     def _loss(self, out: Tensor, labels: Tensor) -> Tensor:
-        if self.hparams.task_type == "regression":
-            return F.mse_loss(out, labels.to(out.dtype))
-        return F.cross_entropy(out, labels.long())
+        return head_loss(out, labels, self.hparams.task_type)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss = self._loss(self(batch["x"]), batch["labels"])

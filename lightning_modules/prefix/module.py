@@ -21,6 +21,7 @@ from core.backbones import PRESETS, build_encoder, check_model_name, load_tokeni
 from core.errors import ConfigError
 from core.heads import pool
 from core.optim import OptimSpec, configure_adamw
+from lightning_modules.prefix.loss import head_loss
 from lightning_modules.prefix.networks import (
     Prefix,
     PrefixEncoder,
@@ -122,9 +123,7 @@ class PrefixTuning(LightningModule):
         return self.head(self.embed(batch))
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        if self.hparams.num_labels == 1:
-            return nn.functional.mse_loss(logits.squeeze(-1), labels.float())
-        return nn.functional.cross_entropy(logits, labels.long())
+        return head_loss(logits, labels, "regression" if self.hparams.num_labels == 1 else "classification")
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self._loss(self(batch), batch["labels"])

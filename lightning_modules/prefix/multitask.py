@@ -14,7 +14,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 
@@ -23,6 +22,7 @@ from core.errors import ConfigError
 from core.heads import eval_metrics, pool
 from core.io import atomic_path
 from core.optim import OptimSpec, configure_adamw
+from lightning_modules.prefix.loss import head_loss
 
 
 class MultiTaskEncoder(LightningModule):
@@ -96,9 +96,7 @@ class MultiTaskEncoder(LightningModule):
         out = self.heads[task](pooled)  # (B, n)
         if out.shape[-1] == 1:
             out = out.squeeze(-1)  # (B,): regression
-            loss = F.mse_loss(out, batch["labels"].float())
-        else:
-            loss = F.cross_entropy(out, batch["labels"])
+        loss = head_loss(out, batch["labels"], "regression" if out.ndim == 1 else "classification")
         # The other tasks' heads join the graph with weight 0, so DDP's reducer sees every parameter used at every
         # step; on_after_backward then drops their (zero) gradients so that AdamW leaves them alone.
         idle = sum(p.sum() for name, head in self.heads.items() if name != task for p in head.parameters())
