@@ -195,12 +195,13 @@ class SampleGenerations(Callback):
 
     @staticmethod
     def _encode(tok: Any, prompt: str) -> list[int]:
-        """A user message rendered with the chat template (generation prompt on), or BOS + text without one."""
+        """A user message rendered with the chat template (generation prompt on), or BOS + text without one; the
+        prompt is tokenised as text (special-token strings in it stay characters)."""
         if getattr(tok, "chat_template", None):
-            text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                           add_generation_prompt=True)
-            return tok(text, add_special_tokens=False)["input_ids"]
-        return tok(prompt)["input_ids"]
+            from core.generation import prompt_ids
+
+            return prompt_ids(tok, prompt)
+        return tok(prompt, split_special_tokens=True)["input_ids"]
 
     def _dataset_prompts(self, trainer: Trainer) -> list[list[int]]:
         datasets = getattr(trainer.datamodule, "datasets", None) or {}

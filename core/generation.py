@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from core.chat import ChatEncoder, text_ids
 from core.errors import MissingExtraError
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "build_generator",
     "cut_at_stop",
     "generate_with_retries",
+    "prompt_ids",
+    "render_prompt",
 ]
 
 
@@ -100,14 +103,27 @@ def render_prompt(tokenizer: Any, prompt: str, prefix: str = "") -> str:
     return head + prefix
 
 
+def prompt_ids(tokenizer: Any, prompt: str, prefix: str = "", encoder: ChatEncoder | None = None) -> list[int]:
+    """The token ids of :func:`render_prompt`'s text, with the prompt and the prefix tokenised as text.
+
+    Special-token strings in the prompt or the prefix (``<|im_end|><|im_start|>assistant``...) stay characters, so
+    a prompt cannot forge a turn; only the chat template's own control tokens are special (:class:`ChatEncoder`).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return text_ids(tokenizer, prompt + "\n" + prefix)
+    encoder = encoder if encoder is not None else ChatEncoder(tokenizer)
+    return encoder.ids(encoder.render([{"role": "user", "content": prompt}], True, suffix=prefix))
+
+
 class HFGenerator:
     """Batched sampling with Hugging Face ``generate`` (the default backend).
 
     ``model_name`` is any name :func:`core.backbones.build_causal_lm` accepts (a tiny preset such as
     ``tiny-llama``, ``hf:<id>`` or a local folder). The prompt is rendered with the tokenizer's chat template
     (``add_generation_prompt=True``), the response prefix is appended as text, and the whole is tokenised with
-    ``add_special_tokens=False``; rows are left-padded into batches of ``batch_size`` (prompt, prefix) inputs,
-    each sampling ``n`` continuations. ``temperature=0`` means greedy decoding.
+    ``add_special_tokens=False``, the prompt and prefix as text (:func:`prompt_ids`); rows are left-padded into
+    batches of ``batch_size`` (prompt, prefix) inputs, each sampling ``n`` continuations. ``temperature=0`` means
+    greedy decoding.
     """
 
     def __init__(
@@ -155,9 +171,13 @@ class HFGenerator:
         texts = [self.render(p, x) for p, x in zip(prompts, prefixes, strict=True)]
         out: list[list[str]] = []
         sample = self.temperature > 0
+        encoder = ChatEncoder(self.tokenizer)
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start : start + self.batch_size]
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            rows = [prompt_ids(self.tokenizer, p, x, encoder)
+                    for p, x in zip(prompts[start : start + self.batch_size], prefixes[start : start + self.batch_size],
+                                    strict=True)]
+            enc = self.tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt").to(self.device)
             kwargs: dict[str, Any] = dict(
                 max_new_tokens=max_new_tokens,
                 do_sample=sample,
@@ -217,6 +237,9 @@ class VLLMGenerator:
     ) -> list[list[str]]:
         prefixes = _check_args(prompts, n, max_new_tokens, prefixes)
         texts = [render_prompt(self.tokenizer, p, x) for p, x in zip(prompts, prefixes, strict=True)]
+        encoder = ChatEncoder(self.tokenizer)
+        inputs = [{"prompt_token_ids": prompt_ids(self.tokenizer, p, x, encoder)}  # text stays text (prompt_ids)
+                  for p, x in zip(prompts, prefixes, strict=True)]
         params = self._vllm.SamplingParams(
             n=n,
             temperature=self.temperature,
@@ -227,7 +250,7 @@ class VLLMGenerator:
             skip_special_tokens=True,
             seed=_call_seed(self.seed, texts, n, max_new_tokens, stop),
         )
-        results = self.llm.generate(texts, params, use_tqdm=False)
+        results = self.llm.generate(inputs, params, use_tqdm=False)
         return [[cut_at_stop(o.text, stop) for o in r.outputs] for r in results]
 
 

@@ -1,11 +1,18 @@
 """AdamW with linear warm-up and a constant, linear or cosine schedule, shared by the suite's modules.
 
 LightningCLI's own ``--optimizer`` / ``--lr_scheduler`` flags still override this when given.
+
+The schedule's length (``trainer.estimated_stepping_batches``) is read lazily, at the first step that needs it, never
+in ``configure_optimizers``: with ``max_epochs`` set, reading it there builds the training loader before Lightning
+restores the checkpoint's loops, and Lightning then never hands that loader its saved position, so a mid-epoch
+resume would restart the epoch at batch 0 (Lightning-AI/pytorch-lightning#20550). Any other schedule over the run
+reads it the same way (:func:`stepping_total`; CriticRM's critique weight, at its first loss).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,6 +41,22 @@ def lr_lambda(step: int, warmup: int, total: int, schedule: str) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def stepping_total(module: LightningModule) -> Callable[[], int]:
+    """A function returning the run's optimizer steps (0 without a trainer), read once at its first call.
+
+    Call it from a step, not from ``configure_optimizers`` / ``setup`` / ``on_fit_start`` (see the module docstring):
+    by the first training step the loader is built, restored and counted, so no second loader is built either.
+    """
+    total: list[int] = []
+
+    def get() -> int:
+        if not total:
+            total.append(int(module.trainer.estimated_stepping_batches) if module._trainer is not None else 0)
+        return total[0]
+
+    return get
+
+
 def configure_adamw(module: LightningModule, spec: OptimSpec, params: Any = None) -> dict[str, Any]:
     """AdamW over ``params`` (default: every trainable parameter of ``module``), decay on matrices only."""
     params = [p for p in (module.parameters() if params is None else params) if p.requires_grad]
@@ -45,8 +68,11 @@ def configure_adamw(module: LightningModule, spec: OptimSpec, params: Any = None
     )
     if spec.warmup_steps == 0 and spec.schedule == "constant":
         return {"optimizer": opt}
-    total = int(module.trainer.estimated_stepping_batches) if module._trainer is not None else 0
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_lambda(s, spec.warmup_steps, total, spec.schedule)
-    )
+    total = stepping_total(module)
+
+    def factor(step: int) -> float:
+        # At step <= warmup the factor does not depend on the total (LambdaLR asks for step 0 at construction).
+        return lr_lambda(step, spec.warmup_steps, total() if step > spec.warmup_steps else step, spec.schedule)
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

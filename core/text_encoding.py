@@ -2,7 +2,9 @@
 
 Token ids (our choice): the tokenizer's own special tokens when it adds any (BERT: ``[CLS] a [SEP] b [SEP]``),
 otherwise ``BOS a EOS [b EOS]`` with whichever of BOS / EOS exists, so that position 0 can be pooled as [CLS].
-Too long inputs are cut longest-first to ``max_length`` (counted in ``TextEncoder.truncated``).
+Too long inputs are cut longest-first to ``max_length`` (counted in ``TextEncoder.truncated``). The text is tokenised
+as text (a ``[SEP]`` or ``</s>`` spelled in the data stays characters) and cut by characters before tokenising
+(:func:`core.chat.cap_text`), so a huge text costs memory bounded by ``max_length``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from core.chat import cap_text, text_ids
 from core.errors import ConfigError
 from core.heads import TaskType
 
@@ -34,13 +37,15 @@ class TextEncoder:
         self.truncated = 0
 
     def _ids(self, text: str) -> list[int]:
-        return self.tok(text, add_special_tokens=False)["input_ids"]
+        return text_ids(self.tok, text)
 
     def __call__(self, text: str, pair: str | None = None) -> tuple[list[int], list[int] | None]:
         """``(input_ids, token_type_ids or None)``."""
+        text = cap_text(self.tok, text, self.max_length)  # only max_length tokens of each can be kept
+        pair = cap_text(self.tok, pair, self.max_length) if pair is not None else None
         if self.native:
-            enc = self.tok(text, pair, truncation=True, max_length=self.max_length)
-            self.truncated += len(self.tok(text, pair)["input_ids"]) > len(enc["input_ids"])
+            enc = self.tok(text, pair, truncation=True, max_length=self.max_length, split_special_tokens=True)
+            self.truncated += len(self.tok(text, pair, split_special_tokens=True)["input_ids"]) > len(enc["input_ids"])
             types = enc.get("token_type_ids")
             return list(enc["input_ids"]), (list(types) if types is not None else None)
         a, b = self._ids(text), (self._ids(pair) if pair is not None else [])

@@ -5,6 +5,13 @@ process too; Lightning keeps it and calls ``set_epoch``). The loader implements 
 ``load_state_dict``, which Lightning saves in checkpoints: it records how many batches of the current epoch
 the training loop has processed, and on resume the sampler skips exactly those, so a resumed run sees the
 same batches in the same order as an uninterrupted one.
+
+Lightning restores that state only into a loader it builds after the checkpoint's loops are restored
+(``FitLoop.setup_data``): anything that builds the training loader earlier (``trainer.estimated_stepping_batches``
+in ``configure_optimizers`` or ``on_fit_start``) makes it drop the state silently. The suite never does
+(``core.optim`` resolves the step count lazily); ``tests/adversarial/test_resume.py`` holds every module to it.
+The samplers draw an epoch's order lazily, at the first batch, and a restored state sets the sampler's epoch
+too, so a loader iterated before Lightning's ``set_epoch`` (worker prefetch) still resumes the right epoch.
 """
 
 from __future__ import annotations
@@ -15,30 +22,49 @@ from typing import Any
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-class ResumableSampler(DistributedSampler):
-    """:class:`DistributedSampler` that can skip the first ``n`` indices of one given epoch."""
+class SkippingSampler(DistributedSampler):
+    """Base of the resumable samplers: ``skip_next(epoch, n)`` leaves out the first ``n`` items of ``epoch``.
 
-    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
-        self._skip: tuple[int, int] | None = None  # (epoch, indices to skip)
+    A subclass gives this rank's items of ``self.epoch`` in order (:meth:`epoch_items`). The order is drawn when the
+    first item is asked for, after Lightning's ``set_epoch``; a skip applies to the next iteration of its epoch.
+    """
+
+    _skip: tuple[int, int] | None = None  # (epoch, items to skip)
 
     def skip_next(self, epoch: int, n: int) -> None:
         self._skip = (epoch, n)
 
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
-        if self._skip is not None:
+    def epoch_items(self) -> list[Any]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
+        items = self.epoch_items()
+        if self._skip is not None and self._skip[0] <= self.epoch:  # an earlier epoch's skip is stale: dropped
             epoch, n = self._skip
             self._skip = None
             if epoch == self.epoch:
-                indices = indices[n:]
-        return iter(indices)
+                items = items[n:]
+        yield from items
+
+
+class ResumableSampler(SkippingSampler):
+    """:class:`DistributedSampler` over example indices that can skip the first ``n`` of one given epoch."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool, seed: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+
+    def epoch_items(self) -> list[int]:
+        return list(DistributedSampler.__iter__(self))
 
 
 class ResumableDataLoader(DataLoader):
-    """DataLoader over a :class:`ResumableSampler`; ``progress()`` returns the batches processed this epoch."""
+    """DataLoader over a :class:`SkippingSampler`; ``progress()`` returns the batches processed this epoch.
 
-    def __init__(self, dataset: Dataset, sampler: ResumableSampler, progress: Callable[[], int], **kwargs: Any):
+    With ``batch_size=None`` the sampler yields whole batches (multitask's task-balanced sampler), so a skipped
+    batch is one sampler item; otherwise it is ``batch_size`` items.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: SkippingSampler, progress: Callable[[], int], **kwargs: Any):
         super().__init__(dataset, sampler=sampler, **kwargs)
         self._progress = progress
 
@@ -46,7 +72,9 @@ class ResumableDataLoader(DataLoader):
         return {"epoch": self.sampler.epoch, "batches": int(self._progress())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.skip_next(state["epoch"], state["batches"] * self.batch_size)
+        # The epoch too: Lightning creates the iterator (and workers prefetch from it) before its set_epoch.
+        self.sampler.set_epoch(state["epoch"])
+        self.sampler.skip_next(state["epoch"], state["batches"] * (self.batch_size or 1))
 
 
 def resumable_train_loader(datamodule: Any, dataset: Dataset, shuffle: bool, seed: int, **kwargs: Any) -> DataLoader:

@@ -10,7 +10,9 @@ the file) and the field:
 
 - ``jsonl`` (generic; Hateful Memes' own format): ``{"id": 10423, "img": "img/10423.png", "label": 1,
   "text": "..."}`` with configurable field names. Image paths are relative to ``image_dir`` if given, else to the
-  JSONL file's folder (also for ``hateful_memes``). A row without an id gets ``<file name>:<line>``.
+  JSONL file's folder (also for ``hateful_memes``), and must stay inside that folder (no ``../`` out of it, no
+  absolute path) unless ``allow_outside_root``. A row without an id gets ``<file name>:<line>``; an id given twice in
+  a file is an error.
 - ``hateful_memes``: ``data_dir`` holding ``train.jsonl``, ``dev_unseen.jsonl``, ``test_unseen.jsonl`` (file
   names overridable by ``train_file`` / ``val_file`` / ``test_file``) beside ``img/``.
 - ``mmimdb`` (multi-label genres): ``data_dir`` holding ``split.json`` (``{"train": [ids], "dev": [...], "test":
@@ -58,6 +60,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -73,7 +77,7 @@ from torchvision import transforms
 from core.backbones import IMAGENET_MEAN, IMAGENET_STD
 from core.chat import TokenizerFromModule
 from core.errors import ConfigError, DataError
-from core.records import iter_jsonl
+from core.records import inferred_class_count, iter_jsonl, read_text
 from core.text_encoding import TextEncoder
 from datamodules.loaders import SplitLoaders
 
@@ -147,9 +151,30 @@ def _check_planted(rows: list[MultimodalRow], source: str) -> None:
                         f"{'has' if first.planted is not None else 'lacks'} it)")
 
 
+def _check_unique_ids(rows: list[MultimodalRow]) -> None:
+    """Ids name rows in predictions and reports: an id given twice in one file is an error naming both rows."""
+    first: dict[str, int] = {}
+    for i, r in enumerate(rows):
+        j = first.setdefault(r.id, i)
+        if j != i:
+            raise DataError(f"{r.where}: duplicate id {r.id!r} (first at {rows[j].where})")
+
+
+def _under_root(root: Path, name: str, where: str, field: str, allow_outside: bool) -> Path:
+    """``root / name``; a name that leaves ``root`` (``../``, an absolute path) is a DataError unless
+    ``allow_outside`` (a data file should not make the loader read files elsewhere on the machine)."""
+    path = root / name
+    if not allow_outside and not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise DataError(f"{where}: field {field!r}: {name!r} points outside the data root {root} (set "
+                        "--data.allow_outside_root true to allow it)")
+    return path
+
+
 def read_jsonl(path: str | Path, image_field: str = "img", text_field: str = "text", label_field: str = "label",
-               id_field: str = "id", image_dir: str | Path | None = None) -> list[MultimodalRow]:
-    """Rows of a generic / Hateful Memes JSONL file; image paths relative to ``image_dir`` or the file's folder."""
+               id_field: str = "id", image_dir: str | Path | None = None,
+               allow_outside_root: bool = False) -> list[MultimodalRow]:
+    """Rows of a generic / Hateful Memes JSONL file; image paths relative to ``image_dir`` or the file's folder
+    (and inside it, unless ``allow_outside_root``)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -165,23 +190,24 @@ def read_jsonl(path: str | Path, image_field: str = "img", text_field: str = "te
             raise DataError(f"{where}: missing field {label_field!r} (the label)")
         rid = row.get(id_field)
         rid = f"{path.name}:{lineno}" if rid is None else str(rid)
-        rows.append(MultimodalRow(rid, root / image, _text(row, text_field, where), row[label_field], where,
+        image_path = _under_root(root, image, where, image_field, allow_outside_root)
+        rows.append(MultimodalRow(rid, image_path, _text(row, text_field, where), row[label_field], where,
                                   label_field, _planted(row, where)))
     _check_planted(rows, str(path))
+    _check_unique_ids(rows)
     return rows
 
 
-def read_hateful_memes(data_dir: str | Path, file: str, image_dir: str | Path | None = None) -> list[MultimodalRow]:
+def read_hateful_memes(data_dir: str | Path, file: str, image_dir: str | Path | None = None,
+                       allow_outside_root: bool = False) -> list[MultimodalRow]:
     """A Hateful Memes split file (``train.jsonl``, ``dev_unseen.jsonl``...) of ``data_dir``; ``img`` paths are
     relative to ``image_dir`` (default ``data_dir``: ``img/<id>.png``)."""
-    return read_jsonl(Path(data_dir) / file, image_dir=image_dir)
+    return read_jsonl(Path(data_dir) / file, image_dir=image_dir, allow_outside_root=allow_outside_root)
 
 
 def _json_object(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
 
@@ -197,6 +223,9 @@ def mmimdb_split_ids(data_dir: str | Path) -> dict[str, list[str]]:
         if not isinstance(ids, list) or not all(isinstance(i, (str, int)) for i in ids):
             raise DataError(f"{path}: field {name!r} must be a list of movie ids")
         out[name] = [str(i) for i in ids]
+        twice = next((i for i, n in Counter(out[name]).items() if n > 1), None)
+        if twice is not None:
+            raise DataError(f"{path}: field {name!r}: movie id {twice!r} is listed twice")
     return out
 
 
@@ -225,7 +254,8 @@ def read_mmimdb(data_dir: str | Path, split: str, plot: Literal["first", "join"]
     return rows
 
 
-def read_snli_ve(data_dir: str | Path, split: str, image_dir: str | Path | None = None) -> list[MultimodalRow]:
+def read_snli_ve(data_dir: str | Path, split: str, image_dir: str | Path | None = None,
+                 allow_outside_root: bool = False) -> list[MultimodalRow]:
     """SNLI-VE rows of ``snli_ve_<split>.jsonl``: Flickr30k image, hypothesis ``sentence2``, ``gold_label``."""
     path = Path(data_dir) / f"snli_ve_{split}.jsonl"
     if not path.exists():
@@ -241,8 +271,10 @@ def read_snli_ve(data_dir: str | Path, split: str, image_dir: str | Path | None 
         if not isinstance(label, str):
             raise DataError(f"{where}: field 'gold_label' must be one of {SNLI_VE_LABELS}, got {label!r}")
         rid = row.get("pairID")
-        rows.append(MultimodalRow(f"{path.name}:{lineno}" if rid is None else str(rid), images / image,
+        image_path = _under_root(images, image, where, "Flikr30kID", allow_outside_root)
+        rows.append(MultimodalRow(f"{path.name}:{lineno}" if rid is None else str(rid), image_path,
                                   _text(row, "sentence2", where), label, where, "gold_label", None))
+    _check_unique_ids(rows)
     return rows
 
 
@@ -298,7 +330,9 @@ def resolve_labels(train: Sequence[MultimodalRow], labels: list[str] | None = No
         raise DataError(f"{r.where}: field {r.label_field!r}: the training labels mix class indices and class "
                         "names (give `labels` to name the indices)")
     if indices:
-        return [str(i) for i in range(int(max(train[i].label for i in indices)) + 1)], multi
+        count = inferred_class_count(((train[i].label, train[i].where) for i in indices), train[indices[0]].label_field,
+                                     "give `labels` to name classes that training lacks")
+        return [str(i) for i in range(count)], multi
     names = {n for r in train for n in ([r.label] if isinstance(r.label, str) else r.label)}
     if not names:
         raise DataError(f"{train[0].where}: no class names in the training labels (give `labels`)")
@@ -450,6 +484,8 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         heldout_fraction: a seeded share of the training rows set aside as split ``heldout`` (not trained on; MSD's
             learned weights are fitted on it, :meth:`heldout_dataloader`).
         tokenizer: model name whose tokenizer to use; None takes the LightningModule's ``.tokenizer``.
+        allow_outside_root: let image paths leave their root (``image_dir`` / the JSONL file's folder / SNLI-VE's
+            image folder) by ``../`` or an absolute path; off, such a row is a DataError naming it.
 
     After ``setup``: ``num_labels``, ``label_names``, ``multi_label``, ``datasets`` (split ->
     :class:`MultimodalDataset`) and ``skipped`` (split -> rows dropped for their image).
@@ -484,6 +520,7 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         shuffle: bool = True,
         seed: int = 0,
         num_workers: int = 0,
+        allow_outside_root: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)
@@ -526,13 +563,13 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
                           id_field=h.id_field, image_dir=h.image_dir)
             for split, file in zip(SPLITS, (h.train_file, h.val_file, h.test_file), strict=True):
                 if file is not None:
-                    rows[split] = read_jsonl(file, **fields)
+                    rows[split] = read_jsonl(file, **fields, allow_outside_root=h.allow_outside_root)
         elif h.format == "hateful_memes":
             given = {"train": h.train_file, "val": h.val_file, "test": h.test_file}
             for split in SPLITS:
                 name = given[split] or HATEFUL_MEMES_FILES[split]
                 if split == "train" or given[split] is not None or (Path(h.data_dir) / name).exists():
-                    rows[split] = read_hateful_memes(h.data_dir, name, h.image_dir)
+                    rows[split] = read_hateful_memes(h.data_dir, name, h.image_dir, h.allow_outside_root)
         elif h.format == "mmimdb":
             ids = mmimdb_split_ids(h.data_dir)
             for split in SPLITS:
@@ -541,7 +578,7 @@ class MultimodalDataModule(TokenizerFromModule, SplitLoaders, LightningDataModul
         else:
             for split in SPLITS:
                 if split == "train" or (Path(h.data_dir) / f"snli_ve_{DATA_SPLIT[split]}.jsonl").exists():
-                    rows[split] = read_snli_ve(h.data_dir, DATA_SPLIT[split], h.image_dir)
+                    rows[split] = read_snli_ve(h.data_dir, DATA_SPLIT[split], h.image_dir, h.allow_outside_root)
         if not rows["train"]:
             raise DataError(f"{h.train_file or h.data_dir}: no training rows")
         return rows

@@ -140,8 +140,11 @@ def make_examples(n: int, seed: int, num_classes: int = 2, p_image: float = 0.4,
 
 def write_dataset(out: str | Path, splits: dict[str, list[tuple[dict[str, Any], Drawing]]], image_size: int,
                   meta: dict[str, Any] | None = None) -> None:
-    """Write ``<out>/<split>.jsonl``, ``<out>/img/<id>.png`` and ``<out>/meta.json``; the folder appears at once."""
-    with atomic_path(out) as tmp:
+    """Write ``<out>/<split>.jsonl``, ``<out>/img/<id>.png`` and ``<out>/meta.json``; the folder appears at once.
+    An earlier dataset there is replaced whole; a folder with other files is refused (``core.io.atomic_path``)."""
+    names = {"meta.json", *(f"{s}.jsonl" for s in ("train", "val", "test", *splits))}
+    with atomic_path(out, owns=lambda rel: rel in names or (rel.startswith("img/") and rel.endswith(".png")
+                                                              and rel.count("/") == 1)) as tmp:
         (tmp / "img").mkdir(parents=True)
         for split, examples in splits.items():
             rows = []

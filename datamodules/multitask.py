@@ -40,14 +40,14 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset
 
 from core.chat import TokenizerFromModule
 from core.errors import ConfigError, DataError
 from core.heads import TaskType
-from core.records import Record, as_list, read_file, read_hf_dataset
+from core.records import Record, as_list, inferred_class_count, iter_lines, read_file, read_hf_dataset, read_text
 from core.text_encoding import TextEncoder, TextExample, collate_text
-from datamodules.loaders import ResumableDataLoader, SplitLoaders
+from datamodules.loaders import ResumableDataLoader, SkippingSampler, SplitLoaders
 
 SPLITS = ("train", "val", "test")
 
@@ -63,18 +63,17 @@ class TextRow(NamedTuple):
 def _read_delimited(path: Path, delimiter: str) -> Iterator[Record]:
     """TSV / CSV with a header row; GLUE TSVs are unquoted, so TSV is read with ``QUOTE_NONE``."""
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    with open(path, encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            return
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{where}: {len(row)} columns, the header has {len(header)}")
-            yield dict(zip(header, row, strict=True)), where
+    reader = csv.reader((line for _, line in iter_lines(path, newline="")), delimiter=delimiter, quoting=quoting)
+    header = next(reader, None)
+    if header is None:
+        return
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            raise DataError(f"{where}: {len(row)} columns, the header has {len(header)}")
+        yield dict(zip(header, row, strict=True)), where
 
 
 def read_task_records(
@@ -219,9 +218,7 @@ def manifest_tasks(path: str | Path, roles: list[str] | None = None) -> list[dic
     """
     path = Path(path)
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        manifest = json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
     out = []
@@ -270,7 +267,13 @@ def load_task(spec: TaskSpec, encoder: TextEncoder) -> LoadedTask:
     for split_rows in rows.values():
         check_labels(split_rows, task_type, spec.label_field, spec.num_labels)
     if task_type == "classification":
-        num_labels = spec.num_labels or int(max(r.label for split_rows in rows.values() for r in split_rows)) + 1
+        num_labels = spec.num_labels or inferred_class_count(
+            ((int(r.label), r.where) for r in rows["train"]), spec.label_field,
+            f"set num_labels if classes may be missing from training (task {spec.name!r})")
+        unknown = [r for split_rows in rows.values() for r in split_rows if r.label >= num_labels]
+        if unknown:  # a val / test label that training never has (a declared num_labels was checked above)
+            raise DataError(f"{unknown[0].where}: field {spec.label_field!r} is {int(unknown[0].label)}, a class the "
+                            f"training labels (0..{num_labels - 1}) never have (task {spec.name!r})")
         if num_labels < 2:
             raise DataError(f"{spec.train_files or spec.hf_dataset}: every label is 0; classification needs two "
                             f"classes or more (set num_labels, or task_type=regression) (task {spec.name!r})")
@@ -388,14 +391,14 @@ def task_quotas(sizes: Sequence[int], num_batches: int, temperature: float | Non
     return [int(q) for q in quotas]
 
 
-class TaskBalancedSampler(DistributedSampler):
+class TaskBalancedSampler(SkippingSampler):
     """Yields one ``(task index, example indices)`` per training batch: every batch holds a single task.
 
     Each epoch has ``task_quotas`` batches of each task in a shuffled order (a function of seed and epoch). A task's
     examples are a stream of seeded permutations, so a small task repeats and a big one continues where the last
     epoch stopped. Every rank trains the same task at a step, on its own slice of the stream (DDP never sees a
     task-specific parameter unused on one rank only). A :class:`DistributedSampler` so that Lightning keeps it;
-    ``skip_next`` resumes mid-epoch exactly.
+    ``skip_next`` (in batches) resumes mid-epoch exactly.
     """
 
     def __init__(self, sizes: Sequence[int], batch_size: int, quotas: Sequence[int], num_replicas: int = 1,
@@ -403,13 +406,9 @@ class TaskBalancedSampler(DistributedSampler):
         super().__init__(range(sum(quotas)), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.sizes, self.batch_size, self.quotas = list(sizes), batch_size, list(quotas)
         self._perms: dict[tuple[int, int], np.ndarray] = {}
-        self._skip: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return sum(self.quotas)
-
-    def skip_next(self, epoch: int, n_batches: int) -> None:
-        self._skip = (epoch, n_batches)
 
     def _stream(self, task: int, start: int, n: int) -> list[int]:
         size, out = self.sizes[task], []
@@ -433,14 +432,8 @@ class TaskBalancedSampler(DistributedSampler):
             seen[t] += 1
         return out
 
-    def __iter__(self) -> Iterator[tuple[int, list[int]]]:  # type: ignore[override]
-        batches = self.schedule(self.epoch)
-        if self._skip is not None:
-            epoch, n = self._skip
-            self._skip = None
-            if epoch == self.epoch:
-                batches = batches[n:]
-        return iter(batches)
+    def epoch_items(self) -> list[tuple[int, list[int]]]:
+        return self.schedule(self.epoch)
 
 
 class _TaskBatches(Dataset):
@@ -456,13 +449,6 @@ class _TaskBatches(Dataset):
         task = self.tasks[item[0]]
         examples = [task.splits["train"][i] for i in item[1]]
         return collate_task(examples, self.pad_id, task.task_type, task.spec.name)
-
-
-class _BatchResumableLoader(ResumableDataLoader):
-    """The resumable loader over whole batches: progress counts batches, not examples."""
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.skip_next(state["epoch"], state["batches"])
 
 
 def collate_task(examples: Sequence[TextExample], pad_id: int, task_type: TaskType, name: str) -> dict[str, Any]:
@@ -563,7 +549,7 @@ class MultiTaskDataModule(TokenizerFromModule, LightningDataModule):
         def progress() -> int:
             return trainer.fit_loop.epoch_loop.batch_progress.current.processed if trainer is not None else 0
 
-        return _BatchResumableLoader(
+        return ResumableDataLoader(
             _TaskBatches(self.loaded, self.tokenizer.pad_token_id), sampler, progress, batch_size=None,
             collate_fn=_identity, num_workers=h.num_workers, persistent_workers=h.num_workers > 0,
         )

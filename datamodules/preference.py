@@ -7,7 +7,9 @@ conversational format); other fields are carried through in ``batch["extras"]``.
 Tokenisation: with a chat template, the prompt is rendered with ``add_generation_prompt=True`` and each full
 conversation is rendered once; the response is the text after the prompt, tokenised without special tokens,
 so BOS appears once (from the template), EOS once (the template's end of turn), and the prompt/response
-boundary is exact. Without a template: ``BOS + prompt`` then ``response + EOS``.
+boundary is exact. Without a template: ``BOS + prompt`` then ``response + EOS``. Message text is always tokenised
+as text (a prompt spelling ``<|eot|>`` cannot forge a turn; see :mod:`core.chat`), and text longer than its
+token limit could keep is cut by characters first, so one huge line costs memory bounded by ``max_length``.
 
 Checks (before any training): malformed JSON, a missing or empty field, chosen identical to rejected
 (dropped, counted, warned), a prompt over ``max_prompt_length`` (truncated or dropped per
@@ -31,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
 from core.errors import ConfigError, DataError
 from core.packing import TokenizedPair, collate_pairs
-from core.records import Record, read_records
+from core.records import Record, no_usable_records, read_records, sources_text
 from datamodules.loaders import resumable_train_loader
 
 log = logging.getLogger(__name__)
@@ -131,10 +133,13 @@ class PreferenceDataModule(TokenizerFromModule, LightningDataModule):
         if self.datasets:
             return
         pt = PairTokenizer(self.tokenizer, self.hparams.use_chat_template, self.hparams.system_prompt)
-        for split, records in self._sources().items():
+        sources = self._sources()
+        for split, records in sources.items():
             self.datasets[split], self.stats[split] = self._build(records, pt, split)
         if len(self.datasets["train"]) == 0:
-            raise DataError("no usable training pairs left after validation (see the warnings above)")
+            h = self.hparams
+            source = sources_text(h.train_files, h.hf_dataset, h.hf_train_split)
+            raise no_usable_records("training pairs", source, len(sources["train"]), self.stats["train"])
 
     def _build(self, records: list[Record], pt: PairTokenizer, split: str) -> tuple[PairDataset, Counter]:
         h = self.hparams
@@ -156,7 +161,10 @@ class PreferenceDataModule(TokenizerFromModule, LightningDataModule):
             if chosen == rejected:
                 stats["identical"] += 1
                 continue
-            p_ids = pt.prompt_ids(prompt)
+            # Text is cut by characters before tokenising when only max_prompt_length tokens can be kept (not for
+            # "error", whose message gives the exact count; the record readers' line limit bounds that text).
+            cap = None if h.prompt_overflow == "error" else h.max_prompt_length
+            p_ids = pt.prompt_ids(prompt, max_tokens=cap, side=h.prompt_truncation_side)
             if len(p_ids) > h.max_prompt_length:
                 if h.prompt_overflow == "error":
                     raise DataError(
@@ -174,8 +182,8 @@ class PreferenceDataModule(TokenizerFromModule, LightningDataModule):
                 else:
                     p_ids = p_ids[-k:]
             budget = h.max_length - len(p_ids)
-            c_ids = pt.response_ids(prompt, chosen, where)
-            r_ids = pt.response_ids(prompt, rejected, where)
+            c_ids = pt.response_ids(prompt, chosen, where, max_tokens=budget)
+            r_ids = pt.response_ids(prompt, rejected, where, max_tokens=budget)
             if len(c_ids) > budget or len(r_ids) > budget:
                 stats["response_truncated"] += 1
                 c_ids, r_ids = c_ids[:budget], r_ids[:budget]

@@ -62,7 +62,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from core.chat import TokenizerFromModule
 from core.errors import ConfigError, DataError
-from core.records import as_list, iter_jsonl, read_file
+from core.records import as_list, inferred_class_count, iter_jsonl, read_file, read_text
 from datamodules.loaders import SplitLoaders
 
 SPLITS = ("train", "val", "test")
@@ -134,7 +134,7 @@ class DocumentStore:
             else:
                 path = self.docs_dir / docid
                 ok = Path(docid).name == docid and path.is_file()  # no path tricks in a docid
-                text = path.read_text(encoding="utf-8") if ok else None
+                text = read_text(path) if ok else None
             self._cache[docid] = None if text is None else text.split()
         return self._cache[docid]
 
@@ -329,7 +329,9 @@ def resolve_label_names(train: list[RationaleRow], labels: list[str] | None) -> 
             raise ConfigError(f"labels must be two or more distinct class names, got {labels}")
         return [str(x) for x in labels]
     if all(isinstance(r.label, int) for r in train):
-        names = [str(i) for i in range(max(int(r.label) for r in train) + 1)]
+        count = inferred_class_count(((r.label, r.where) for r in train), "label",
+                                     "pass `labels` to name classes that training lacks")
+        names = [str(i) for i in range(count)]
     else:
         names = sorted({r.label.strip() for r in train if isinstance(r.label, str)})
     if len(names) < 2:

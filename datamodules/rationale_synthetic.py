@@ -203,7 +203,9 @@ def main(argv: list[str] | None = None) -> None:
                                           stream=split)
     out = Path(args.out)
     if args.eraser or args.multiple_choice:
-        with atomic_path(out) as tmp:  # the whole folder appears at once
+        names = {"docs.jsonl", *(f"{s}.jsonl" for s in splits)}  # an earlier ERASER set there is replaced whole
+        with atomic_path(out, owns=lambda rel: rel in names or (rel.startswith("docs/") and rel.count("/") == 1)) \
+                as tmp:  # the whole folder appears at once
             for split, rows in splits.items():
                 write_eraser(rows, tmp, split, docs="folder" if args.docs_folder else "jsonl")
     else:

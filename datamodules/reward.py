@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from core.chat import Messages, PairTokenizer, TokenizerFromModule, messages_of, text_of
 from core.errors import ConfigError, DataError
-from core.records import Record, read_records
+from core.records import Record, no_usable_records, read_records, sources_text
 from datamodules.loaders import resumable_train_loader
 
 log = logging.getLogger(__name__)
@@ -73,17 +73,23 @@ class RewardExample:
 
 
 def turn_ids(
-    pt: PairTokenizer, prompt: Messages, response: Messages, instruction: Messages | None, where: str
+    pt: PairTokenizer, prompt: Messages, response: Messages, instruction: Messages | None, where: str,
+    max_tokens: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    """(R, A): the response's ids after the prompt, and the critique-request turn after it (empty without one)."""
-    r_ids = pt.response_ids(prompt, response, where)
+    """(R, A): the response's ids after the prompt, and the critique-request turn after it (empty without one).
+
+    ``max_tokens``: only that many response ids can be kept, so its text is cut before tokenising.
+    """
+    r_ids = pt.response_ids(prompt, response, where, max_tokens)
     ask = pt.continuation_ids(prompt + response, instruction, where) if instruction is not None else []
     return r_ids, ask
 
 
-def critique_ids(pt: PairTokenizer, history: Messages, critique: str, where: str) -> list[int]:
+def critique_ids(
+    pt: PairTokenizer, history: Messages, critique: str, where: str, max_tokens: int | None = None
+) -> list[int]:
     """C: a critique turn after P + R + A, ending at the turn's closing token (where generation stops)."""
-    ids = pt.continuation_ids(history, [{"role": "assistant", "content": critique}], where)
+    ids = pt.continuation_ids(history, [{"role": "assistant", "content": critique}], where, max_tokens)
     return pt.strip_turn_tail(ids)
 
 
@@ -228,7 +234,8 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
         for split, records in sources.items():
             self.datasets[split], self.subsets[split], self.stats[split] = self._build(records, pt, split)
         if "train" in self.datasets and not self.datasets["train"]:
-            raise DataError("no usable training pairs left after validation (see the warnings above)")
+            source = sources_text(h.train_files, h.hf_dataset, h.hf_train_split)
+            raise no_usable_records("training pairs", source, len(sources["train"]), self.stats["train"])
 
     def _critiques(self, row: dict[str, Any], side: str, where: str) -> list[str]:
         value = row.get(f"{side}_critique")
@@ -262,7 +269,7 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
                 if not text_of(msgs).strip():
                     raise DataError(f"{where}: field {field!r} is empty")
             texts = {s: self._critiques(row, s, where) for s in SIDES} if need else None
-            p_ids = pt.prompt_ids(prompt)
+            p_ids = pt.prompt_ids(prompt, max_tokens=h.max_prompt_length)  # text cut before tokenising
             if len(p_ids) > h.max_prompt_length:
                 stats["prompt_too_long_dropped"] += 1
                 continue
@@ -273,7 +280,8 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
                 if row["subset"] not in subsets:
                     subsets.append(row["subset"])
                 subset = subsets.index(row["subset"])
-            turns = {s: turn_ids(pt, prompt, responses[s], instruction if critiques_on else None, where)
+            turns = {s: turn_ids(pt, prompt, responses[s], instruction if critiques_on else None, where,
+                                 max_tokens=h.max_length)
                      for s in SIDES}
             base = {s: turns[s][0] for s in SIDES}
             ask = {s: turns[s][1] for s in SIDES}
@@ -284,7 +292,8 @@ class RewardDataModule(TokenizerFromModule, LightningDataModule):
                     critique = None
                     if texts is not None:
                         critique = critique_ids(pt, prompt + responses[s] + instruction, texts[s][k % len(texts[s])],
-                                                where)
+                                                where, max_tokens=None if h.critique_overflow == "error"
+                                                else h.max_critique_length)  # error: the exact count
                         if len(critique) > h.max_critique_length:
                             if h.critique_overflow == "error":
                                 raise DataError(f"{where}: {s}_critique has {len(critique)} tokens, over "

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from core.chat import PairTokenizer, TokenizerFromModule, messages_of, text_of
 from core.errors import ConfigError, DataError
-from core.records import Record, read_records
+from core.records import Record, no_usable_records, read_records, sources_text
 from datamodules.loaders import resumable_train_loader
 
 Example = tuple[list[int], list[int]]  # (prompt ids, response ids)
@@ -86,18 +86,21 @@ class SFTDataModule(TokenizerFromModule, LightningDataModule):
         if not 2 <= max_prompt_length < max_length:
             raise ConfigError(f"need 2 <= max_prompt_length < max_length, got {max_prompt_length}, {max_length}")
         self.datasets: dict[str, list[Example]] = {}
+        self.stats: dict[str, Counter] = {}  # per split: what validation dropped or cut
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
         h = self.hparams
         pt = PairTokenizer(self.tokenizer, h.use_chat_template, h.system_prompt)
-        self.datasets["train"] = self._build(read_records(h.train_files, h.hf_dataset, h.hf_train_split), pt, "train")
+        train = read_records(h.train_files, h.hf_dataset, h.hf_train_split)
+        self.datasets["train"] = self._build(train, pt, "train")
         if h.val_files is not None or (h.hf_val_split is not None and h.hf_dataset is not None):
             hf = h.hf_dataset if h.hf_val_split else None
             self.datasets["val"] = self._build(read_records(h.val_files, hf, h.hf_val_split or "train"), pt, "val")
         if not self.datasets["train"]:
-            raise DataError("no usable training examples left after validation (see the warnings above)")
+            source = sources_text(h.train_files, h.hf_dataset, h.hf_train_split)
+            raise no_usable_records("training examples", source, len(train), self.stats["train"])
 
     def _build(self, records: list[Record], pt: PairTokenizer, split: str) -> list[Example]:
         h = self.hparams
@@ -112,11 +115,11 @@ class SFTDataModule(TokenizerFromModule, LightningDataModule):
             for field, msgs in (("prompt", prompt), (h.response_field, response)):
                 if not text_of(msgs).strip():
                     raise DataError(f"{where}: field {field!r} is empty")
-            p_ids = pt.prompt_ids(prompt)
+            p_ids = pt.prompt_ids(prompt, max_tokens=h.max_prompt_length)  # text cut before tokenising
             if len(p_ids) > h.max_prompt_length:
                 stats["prompt_too_long_dropped"] += 1
                 continue
-            r_ids = pt.response_ids(prompt, response, where)
+            r_ids = pt.response_ids(prompt, response, where, max_tokens=h.max_length - len(p_ids))
             if len(p_ids) + len(r_ids) > h.max_length:
                 stats["response_truncated"] += 1
                 r_ids = r_ids[: h.max_length - len(p_ids)]
@@ -127,6 +130,7 @@ class SFTDataModule(TokenizerFromModule, LightningDataModule):
         ):
             if stats[key]:
                 rank_zero_warn(f"{split}: {stats[key]} {text}")
+        self.stats[split] = stats
         return out
 
     def train_dataloader(self) -> DataLoader:

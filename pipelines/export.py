@@ -1,6 +1,6 @@
 """Export a DPO, SFT or CriticRM checkpoint's model as a Hugging Face folder (safetensors, with its tokenizer).
 
-    lm-suite export --ckpt runs/dpo/checkpoints/last.ckpt --out my-policy/ [--no-merge] [--module DPO]
+    lm-suite export --ckpt runs/dpo/checkpoints/last.ckpt --out my-policy/ [--no-merge] [--overwrite] [--module DPO]
 
 The checkpoint says which module wrote it: ``module_class``, which every exportable module records when it saves
 (``core.checkpointing``), whether a LightningCLI run or a plain ``Trainer`` trained it; else LightningCLI's
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.checkpointing import MODULE_CLASS_KEY
+from core.checkpointing import MODULE_CLASS_KEY, load_module, read_checkpoint
 from core.errors import ConfigError
 
 # The classes export writes, by --module name, and every import path a checkpoint may name each by: the defining
@@ -41,25 +41,6 @@ def exportable_class(name: str) -> type:
     from lightning_modules.dpo.sft import SFT
 
     return {"DPO": DPO, "SFT": SFT, "CriticRM": CriticRM}[name]
-
-
-def read_checkpoint(ckpt: Path) -> dict[str, Any]:
-    """``ckpt``'s contents (tensors memory-mapped where the format allows); :class:`ConfigError` if it is missing or
-    no checkpoint."""
-    import torch
-
-    if not ckpt.is_file():
-        raise ConfigError(f"no checkpoint at {ckpt}")
-    try:
-        try:
-            checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) format has no mmap
-            checkpoint = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ConfigError(f"cannot read {ckpt} as a checkpoint: {_first_line(err)}") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ConfigError(f"{ckpt} is no Lightning checkpoint (no state_dict)")
-    return checkpoint
 
 
 def recorded_class(checkpoint: dict[str, Any]) -> str | None:
@@ -87,14 +68,22 @@ def module_name(ckpt: Path, module: str | None = None) -> str:
     return BY_PATH[path]
 
 
-def export(ckpt: Path, out: Path, module: str | None = None, merge_lora: bool = True) -> tuple[str, Path]:
-    """Write ``ckpt``'s model to ``out``; returns the module name and the folder written."""
+def export(ckpt: Path, out: Path, module: str | None = None, merge_lora: bool = True,
+           trust_remote_code: bool = False, overwrite: bool = False) -> tuple[str, Path]:
+    """Write ``ckpt``'s model to ``out``; returns the module name and the folder written. ``trust_remote_code`` is
+    the command's own (``--trust-remote-code``), never the checkpoint's (``core.checkpointing.load_module``).
+    ``out`` must be new, empty or a previous export unless ``overwrite`` (checked before the checkpoint is read);
+    files in it that the export does not write are never removed (``core.export.export_causal_lm``)."""
+    from core.export import EXPORT_HINT
+    from core.io import check_output_folder
+
+    check_output_folder(out, overwrite=overwrite, hint=EXPORT_HINT)
     name = module_name(ckpt, module)
     try:
-        model = exportable_class(name).load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
+        model = load_module(exportable_class(name), ckpt, trust_remote_code, how="--trust-remote-code")
     except RuntimeError as err:  # state dict of another module (a wrong --module)
         raise ConfigError(f"{ckpt} does not load as {name}: {_first_line(err)}") from None
-    return name, model.export_pretrained(out, merge_lora=merge_lora)
+    return name, model.export_pretrained(out, merge_lora=merge_lora, overwrite=overwrite)
 
 
 def _first_line(err: BaseException) -> str:
@@ -108,11 +97,17 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--ckpt", required=True, type=Path, help="the Lightning checkpoint")
     parser.add_argument("--out", required=True, type=Path, help="the Hugging Face folder to write")
     parser.add_argument("--no-merge", action="store_true", help="save the LoRA adapter alone")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is no previous export: replace only the files the "
+                             "export writes, keep every other file")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the backbone run its own Python code (never taken from the checkpoint)")
     parser.add_argument("--module", choices=tuple(EXPORTABLE), default=None,
                         help="the checkpoint's module class (default: the one it records); overrides the checkpoint")
     args = parser.parse_args(argv)
     try:
-        name, path = export(args.ckpt, args.out, module=args.module, merge_lora=not args.no_merge)
+        name, path = export(args.ckpt, args.out, module=args.module, merge_lora=not args.no_merge,
+                            trust_remote_code=args.trust_remote_code, overwrite=args.overwrite)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -30,6 +30,7 @@ from typing import Any
 
 from core.errors import ConfigError, DataError
 from core.io import atomic_write_text
+from core.records import iter_lines, read_text
 
 GROUPS: tuple[str, ...] = ("faithfulness", "plausibility", "task")
 
@@ -198,9 +199,9 @@ def _number(value: Any, path: Path, key: str) -> float:
 
 def _read_json(path: Path) -> dict[str, float]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not readable JSON ({err})") from None
+        data = json.loads(read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}:{err.lineno}: not readable JSON ({err.msg} at column {err.colno})") from None
     objects = data if isinstance(data, list) else [data]
     if not objects or not all(isinstance(o, dict) for o in objects):
         raise DataError(f"{path}: expected an object of metric name -> number (or a list of such objects)")
@@ -214,16 +215,17 @@ def _read_csv(path: Path) -> dict[str, float]:
     """The last non-empty value of each column of a CSVLogger ``metrics.csv``."""
     out: dict[str, float] = {}
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            for line, row in enumerate(csv.DictReader(f), start=2):
-                for key, cell in row.items():
-                    if key is None or cell is None or not cell.strip():
-                        continue
-                    try:
-                        out[key] = float(cell)
-                    except ValueError:
-                        raise DataError(f"{path}:{line}: metric {key!r} must be a number, got {cell!r}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        reader = csv.DictReader(line for _, line in iter_lines(path, newline=""))
+        for row in reader:
+            for key, cell in row.items():
+                if key is None or cell is None or not cell.strip():
+                    continue
+                try:
+                    out[key] = float(cell)
+                except ValueError:
+                    where = f"{path}:{reader.line_num}"
+                    raise DataError(f"{where}: metric {key!r} must be a number, got {cell!r}") from None
+    except (OSError, csv.Error) as err:
         raise DataError(f"{path}: not a readable CSV ({err})") from None
     return out
 

@@ -16,6 +16,8 @@ Output (the contract the downstream-heads datamodule reads):
 ``D`` is ``k * hidden`` for ``--combine concat`` (prefix i in columns ``i*hidden:(i+1)*hidden``), ``hidden`` for
 ``mean`` and for ``--prefixes none`` (the frozen encoder alone, the no-prefix baseline). If ``--out`` exists with the
 same fingerprint (inputs, fields, prefixes' tensors, encoder weights, pooling, combine, max length) it is reused.
+A run holds an exclusive lock on ``--out`` (:func:`core.locks.output_lock`): a second run into the same file stops at
+once with an error naming the first.
 Bad input prints one ``error: ...`` line and exits with status 2.
 """
 
@@ -35,6 +37,7 @@ from torch import Tensor
 from core.backbones import PRESETS, UnknownModelError, build_encoder, load_tokenizer, model_fingerprint
 from core.errors import ConfigError, DataError
 from core.io import atomic_path
+from core.locks import output_lock
 from core.records import Record, read_file, read_hf_dataset
 from lightning_modules.prefix.networks import Prefix, Text, extract
 from lightning_modules.prefix.registry import PrefixInfo, list_prefixes, load_prefix, read_info
@@ -196,6 +199,12 @@ def run(args: argparse.Namespace) -> str:
         raise ConfigError(f"--out must end in .safetensors or .parquet, got {out.name!r}")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    with output_lock(out):  # before any reading: a second run into the same file stops at once
+        return _extract(args, out)
+
+
+def _extract(args: argparse.Namespace, out: Path) -> str:
+    """:func:`run`'s work, under the lock on ``--out``."""
     texts, labels = read_inputs(load_records(args), args.text_field, args.text_pair_field, args.label_field)
     infos = resolve_prefixes(args)
     trained = sorted({i.pooling for i in infos})

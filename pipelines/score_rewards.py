@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from core.chat import PairTokenizer, messages_of, text_of
+from core.checkpointing import load_module, read_checkpoint
 from core.errors import ConfigError, DataError
 from core.io import atomic_write_text, jsonl_text
 from core.records import read_records
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-critique-tokens", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=8, help="responses per generate call (default: 8)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="let the backbone run its own Python code (never taken from the checkpoint)")
     args = parser.parse_args(argv)
     try:
         if not args.ckpt.is_file():
@@ -97,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {name: value for name, value in (
             ("num_critiques", args.num_critiques), ("critique_temperature", args.temperature),
             ("max_critique_tokens", args.max_critique_tokens)) if value is not None}
-        model = CriticRM.load_from_checkpoint(args.ckpt, map_location="cpu", weights_only=True, **overrides)
+        model = load_module(CriticRM, args.ckpt, args.trust_remote_code, how="--trust-remote-code", **overrides)
         model = model.to(args.device).eval()  # the overrides went through __init__'s checks
-        data = torch.load(args.ckpt, map_location="cpu", weights_only=True).get("datamodule_hyper_parameters", {})
+        data = read_checkpoint(args.ckpt).get("datamodule_hyper_parameters") or {}
         pt = PairTokenizer(model.tokenizer, data.get("use_chat_template"), data.get("system_prompt"))
         with torch.no_grad():
             scored = score_rows(model, rows, args.batch_size, pt)

@@ -9,6 +9,10 @@ the flags of the training run::
 It parses them as ``lm-suite fit`` does, tokenizes and resizes for the teacher, and writes the file that training
 then reads (:mod:`lightning_modules.msd.teacher` says what the file holds and what its name depends on). A missing
 teacher is trained first, in this process, by the run's ``model.teacher_recipe``.
+
+While it works the command holds an exclusive lock on the run's ``model.cache_dir`` (:func:`core.locks.output_lock`,
+the file ``<cache_dir>.lock`` beside it), taken before the teacher is loaded or trained: a second ``teacher-cache``
+into the same cache stops at once with an error naming the first.
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from core.errors import ConfigError, DataError
+from core.locks import output_lock
 from lightning_modules.msd.teacher import (
     TeacherOutputs,
     TeacherSettings,
@@ -39,8 +45,6 @@ def train_recipe(recipe: str) -> None:
 def main(argv: list[str] | None = None) -> Path:
     """Fill the teacher-output cache of a training run, given its ``lm-suite fit`` flags (module docstring); the
     teacher is trained first by its ``teacher_recipe`` when it is missing."""
-    from datamodules.multimodal import MultimodalDataModule
-    from lightning_modules.msd.classifier import MultimodalClassifier
     from pipelines.train import SuiteCLI
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -50,7 +54,19 @@ def main(argv: list[str] | None = None) -> Path:
     h = cli.model.hparams
     if "teacher" not in h:
         raise ConfigError(f"the model is {type(cli.model).__name__}, not MSD: nothing to cache")
-    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, train=train_recipe)).to(args.device)
+    with output_lock(Path(h.cache_dir)):  # before the teacher is loaded or trained: a second run stops at once
+        return _fill(cli, args.device)
+
+
+def _fill(cli: Any, device: str) -> Path:
+    """:func:`main`'s work, under the lock on the cache folder."""
+    from datamodules.multimodal import MultimodalDataModule
+    from lightning_modules.msd.classifier import MultimodalClassifier
+
+    h = cli.model.hparams
+    teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, train=train_recipe),
+                                        trust_remote_code=bool(h.get("trust_remote_code")),
+                                        how="--model.trust_remote_code true").to(device)  # the run's, not the file's
     th = teacher.hparams
     # The teacher sees the rows its own way: its tokenizer and image size.
     data_args = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}  # less CLI bookkeeping
@@ -65,7 +81,7 @@ def main(argv: list[str] | None = None) -> Path:
         return path
     rows = len(dm.examples("train"))
     TeacherOutputs(compute_outputs(teacher.net, dm.teacher_loader("train"), rows, settings, dm.tokenizer,
-                                   args.device)).save(path, meta)
+                                   device)).save(path, meta)
     print(f"teacher outputs of {rows} rows cached: {path}")
     return path
 

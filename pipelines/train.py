@@ -7,12 +7,18 @@ one CLI::
     lm-suite fit --config configs/dpo.yaml --config configs/trainer/ddp.yaml
     lm-suite fit --model DPO --data PreferenceDataModule --model.loss_type ipo
     lm-suite validate --config configs/dpo.yaml --ckpt_path runs/dpo/checkpoints/last.ckpt
+
+With ``--ckpt_path`` the checkpoint's hyperparameters are laid over the command line's (Lightning's rule), all but
+``trust_remote_code``: that stays what the command line or config says, and a checkpoint saved with it on is refused
+unless the command asks for it (``--model.trust_remote_code true``; ``core.checkpointing``).
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
+from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
@@ -22,7 +28,9 @@ import datamodules  # noqa: F401  (registers every DataModule for --data NAME)
 import lightning_modules  # noqa: F401  (registers every LightningModule for --model NAME)
 import pipelines.instruction_following.callback  # noqa: F401  (IFEvalCallback, beside the verifiers it runs)
 from core.backbones import UnknownModelError
+from core.checkpointing import REMOTE_CODE, check_remote_code, read_checkpoint, saved_hparams
 from core.errors import ConfigError, DataError
+from core.legacy import new_home
 
 
 class SuiteCLI(LightningCLI):
@@ -40,6 +48,60 @@ class SuiteCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def _parse_ckpt_path(self) -> None:
+        """Lay ``--ckpt_path``'s hyperparameters over the config, as Lightning does, except ``trust_remote_code``: the
+        command's own value stands, and a checkpoint saved with it on is refused unless the command asks for it."""
+        subcommand = self.config.get("subcommand")
+        if not subcommand:
+            return
+        ckpt_path = self.config[subcommand].get("ckpt_path")
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return  # "last", "best", or none: nothing read from a file here
+        checkpoint = read_checkpoint(ckpt_path)
+        asked = _asked_remote_code(self.config[subcommand].get("model"))
+        check_remote_code(saved_hparams(checkpoint), ckpt_path, asked)
+        hparams = dict(checkpoint.get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        if REMOTE_CODE in hparams:
+            hparams[REMOTE_CODE] = asked
+        if "_class_path" in hparams:
+            _check_recorded_class(hparams["_class_path"], ckpt_path)
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            self.config = self.parser.parse_object({subcommand: {"model": hparams}}, self.config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+        if _asked_remote_code(self.config[subcommand].get("model")) and not asked:  # never turned on by the file
+            check_remote_code({REMOTE_CODE: True}, ckpt_path, False)
+
+
+def _check_recorded_class(path: Any, ckpt_path: str) -> None:
+    """A checkpoint's ``_class_path`` only selects a LightningModule already imported (a class the command line
+    names), one of the suite's (``lightning_modules``) or an old path of one (``core.legacy``): it never makes the CLI
+    import a module of its choosing."""
+    module, _, name = str(path).rpartition(".")
+    target = getattr(sys.modules.get(module), name, None)
+    if isinstance(path, str) and (isinstance(target, type) and issubclass(target, LightningModule)
+                                  or module.split(".")[0] == "lightning_modules" or new_home(module) is not None):
+        return
+    raise ConfigError(f"{ckpt_path} names the model class {path!r}, which is no LightningModule this command has "
+                      "imported (a checkpoint does not make it import code): pass --model to choose the class")
+
+
+def _asked_remote_code(model: Any) -> bool:
+    """The ``trust_remote_code`` that a parsed ``model`` config (``class_path`` + ``init_args``/``dict_kwargs``, or
+    plain arguments) holds; False when it holds none."""
+    if model is None or not hasattr(model, "get"):
+        return False
+    for part in ("init_args", "dict_kwargs"):
+        args = model.get(part)
+        if args is not None and hasattr(args, "get") and args.get(REMOTE_CODE) is not None:
+            return bool(args.get(REMOTE_CODE))
+    return bool(model.get(REMOTE_CODE) or False)
 
 
 # Errors in the user's input: reported in one line with exit status 2, without a traceback.

@@ -134,7 +134,7 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         self.val_loss = nn.ModuleDict({k: MeanMetric() for k in ("loss", "bt", "critique")})
         self.val_accuracy = PairwiseAccuracy()
         self.test_accuracy: RewardBenchAccuracy | None = None
-        self._total_steps = 0
+        self._total_steps: int | None = 0  # the run's optimizer steps; None: not read yet (see on_fit_start)
 
     # ------------------------------------------------------------------------------------------------ network
     def _inner(self) -> nn.Module:
@@ -164,6 +164,8 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         h = self.hparams
         if not h.use_critiques:
             return 0.0
+        if self._total_steps is None:
+            self._total_steps = int(self.trainer.estimated_stepping_batches)
         return scheduled_weight(self.global_step, self._total_steps, h.critique_schedule, h.critique_weight,
                                   h.critique_weight_end)
 
@@ -189,7 +191,10 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
                            f"to {self.hparams.max_critique_tokens} (model.max_critique_tokens)")
 
     def on_fit_start(self) -> None:
-        self._total_steps = int(self.trainer.estimated_stepping_batches)
+        # Read at the first loss, not here: on_fit_start runs before Lightning restores the checkpoint's loops, and
+        # estimated_stepping_batches would build the training loader then, which never gets its saved position
+        # (a mid-epoch resume would restart the epoch; core/optim.py).
+        self._total_steps = None
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, metrics = self._loss(batch)
@@ -291,8 +296,9 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         return configure_adamw(self, self.optim)
 
     # ------------------------------------------------------------------------------------------------ export
-    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:
-        """The LM as a Hugging Face folder (safetensors) plus ``reward_head.safetensors`` and ``critic_rm.json``."""
+    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True, overwrite: bool = False) -> Path:
+        """The LM as a Hugging Face folder (safetensors) plus ``reward_head.safetensors`` and ``critic_rm.json``
+        (``overwrite``: :func:`core.export.export_causal_lm`)."""
         import json
 
         from safetensors.torch import save_file
@@ -308,5 +314,6 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
             save_file(state, str(folder / "reward_head.safetensors"))
             (folder / "critic_rm.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
-        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora, extra=head)
+        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora, extra=head,
+                                overwrite=overwrite)
 

@@ -208,8 +208,9 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
         return configure_adamw(self, self.optim)
 
     # ---------------------------------------------------------------------------------------------- export
-    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:
-        """Write the policy as a Hugging Face folder (safetensors) with its tokenizer."""
+    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True, overwrite: bool = False) -> Path:
+        """Write the policy as a Hugging Face folder (safetensors) with its tokenizer (``overwrite``:
+        :func:`core.export.export_causal_lm`)."""
         from core.export import export_causal_lm
 
-        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora)
+        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora, overwrite=overwrite)

@@ -84,8 +84,9 @@ class SFT(TrainableOnlyCheckpoints, LightningModule):
     def configure_optimizers(self) -> Any:
         return configure_adamw(self, self.optim)
 
-    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True) -> Path:
-        """Write the policy as a Hugging Face folder (safetensors) with its tokenizer."""
+    def export_pretrained(self, out_dir: str | Path, merge_lora: bool = True, overwrite: bool = False) -> Path:
+        """Write the policy as a Hugging Face folder (safetensors) with its tokenizer (``overwrite``:
+        :func:`core.export.export_causal_lm`)."""
         from core.export import export_causal_lm
 
-        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora)
+        return export_causal_lm(self.policy, self.tokenizer, out_dir, merge_lora=merge_lora, overwrite=overwrite)

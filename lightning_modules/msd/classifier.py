@@ -36,6 +36,7 @@ from torchmetrics.classification import (
 )
 
 from core.backbones import build_encoder, check_model_name, create_vision_backbone, load_tokenizer, seeded
+from core.checkpointing import check_remote_code, read_checkpoint, saved_hparams
 from core.errors import ConfigError
 from core.heads import check_first_token_pooling, pool
 from core.io import atomic_path
@@ -333,22 +334,31 @@ class MultimodalClassifier(LightningModule):
         """The arguments that rebuild this network as a :class:`MultimodalClassifier` (MSD's extra ones left out)."""
         return {k: self.hparams[k] for k in CLASSIFIER_ARGS if k in self.hparams}
 
-    def export(self, out_dir: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (the network alone) into ``out_dir``, atomically."""
+    def export(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (the network alone) into ``out_dir``, with the manifest
+        ``core.io.MANIFEST``. A new or empty folder or a previous export is replaced (atomically, or nearly:
+        :mod:`core.io`); another non-empty folder is refused (:class:`ConfigError`) unless ``overwrite``, and files
+        that are not the export's are never removed."""
         if self.net is None:
             raise RuntimeError("nothing to export: the network is not built yet")
         out = Path(out_dir)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        with atomic_path(out) as tmp:
+        hint = "choose a new or empty folder, or set overwrite (ExportModel's too) to replace only the exported files"
+        with atomic_path(out, overwrite=overwrite, manifest=True, hint=hint) as tmp:
             tmp.mkdir(parents=True)
             (tmp / "config.json").write_text(json.dumps(self.classifier_config(), indent=1) + "\n")
             save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         return out
 
     @classmethod
-    def load(cls, path: str | Path) -> MultimodalClassifier:
+    def load(cls, path: str | Path, trust_remote_code: bool = False,
+             how: str = "trust_remote_code=True") -> MultimodalClassifier:
         """A built classifier from an :meth:`export` folder or a Lightning checkpoint (of this class or of MSD,
-        whose student it then is), in eval mode. Checkpoints are read with ``weights_only=True``."""
+        whose student it then is), in eval mode. Checkpoints are read with ``weights_only=True``.
+
+        ``trust_remote_code`` is the caller's own setting (MSD: its ``--model.trust_remote_code``), never the saved
+        one: a file saved with it on is refused unless the caller allows it (``how`` names that option).
+        """
         path = Path(path)
         if path.is_dir():
             config_file, weights = path / "config.json", path / "model.safetensors"
@@ -356,13 +366,17 @@ class MultimodalClassifier(LightningModule):
                 raise ConfigError(f"{path}: an exported classifier folder holds config.json and model.safetensors")
             config, state = json.loads(config_file.read_text()), load_file(str(weights))
         elif path.is_file():
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            config = dict(ckpt.get("hyper_parameters") or {})
+            ckpt = read_checkpoint(path)
+            config = saved_hparams(ckpt)
             state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
         else:
             raise ConfigError(f"{path}: no such classifier (an exported folder or a .ckpt file)")
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: the saved classifier config is not a JSON object")
+        check_remote_code(config, path, trust_remote_code, how)
         config = {k: v for k, v in config.items() if k in CLASSIFIER_ARGS}
         config["image_pretrained"] = False  # the weights come from the file: nothing to download
+        config["trust_remote_code"] = trust_remote_code  # the caller's setting, not the file's
         if config.get("num_labels") is None:
             raise ConfigError(f"{path}: the saved classifier records no num_labels (it was never built)")
         model = cls(**config)

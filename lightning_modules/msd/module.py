@@ -47,6 +47,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from core.checkpointing import CLI_OPT_IN
 from core.errors import ConfigError
 from core.losses import kd_sigmoid, kd_softmax, task_loss
 from core.optim import configure_adamw
@@ -151,7 +152,9 @@ class MSD(MultimodalClassifier):
         h, trainer = self.hparams, self.trainer
         dm = trainer.datamodule
         self._check_data_and_trainer(dm)
-        teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, trainer.strategy))
+        # The teacher folder's own trust_remote_code counts for nothing: this run's --model.trust_remote_code decides.
+        teacher = MultimodalClassifier.load(teacher_path(h.teacher, h.teacher_recipe, trainer.strategy),
+                                            trust_remote_code=bool(h.get("trust_remote_code")), how=CLI_OPT_IN)
         for p in teacher.parameters():
             p.requires_grad_(False)
         check_teacher_data(teacher, dm)

@@ -9,7 +9,9 @@ of each preference pair, filtered for consistency with the label and refined (su
     lm-suite critiques generate --pairs data/tiny/train.jsonl --out data/critic/train.jsonl \\
         --backend scripted --refine summ --n 4 --flip-rate 0.15 --unparseable-rate 0.05
 
-User errors (bad input, settings or templates) print one line ``error: ...`` and exit with status 2.
+User errors (bad input, settings or templates) print one line ``error: ...`` and exit with status 2. A run holds an
+exclusive lock on ``--out`` (:func:`core.locks.output_lock`) from before it reads anything until its statistics are
+written: a second run into the same file stops at once with such an error, naming the first.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from core.errors import DataError, MissingExtraError
 from core.generation import Generator, build_generator
+from core.locks import output_lock
 from pipelines.critiques.pipeline import (
     DEFAULT_CHUNK_SIZE,
     REFINE_METHODS,
@@ -109,10 +112,11 @@ def run(args: argparse.Namespace) -> int:
         templates = templates_from_args(args)
         config = CritiqueConfig(n=args.n, refine=args.refine, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
                                 retries=args.retries, templates=templates)
-        pairs = read_pairs(args.pairs)
-        generator = generator_from_args(args, templates)
-        report = write_critiques(pairs, args.out, generator, config, chunk_size=args.chunk_size,
-                                 meta=generator_meta(args))
+        with output_lock(args.out):  # the parts, the output, its failures, dropped pairs and stats: one run's
+            pairs = read_pairs(args.pairs)
+            generator = generator_from_args(args, templates)
+            report = write_critiques(pairs, args.out, generator, config, chunk_size=args.chunk_size,
+                                     meta=generator_meta(args))
     except (DataError, MissingExtraError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

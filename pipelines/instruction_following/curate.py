@@ -32,7 +32,9 @@ Thresholds (our choices; the paper's exact cut points are not known to us): cont
 Determinism: sampling uses ``random.Random`` seeded with strings built from ``seed`` (stable across processes and
 ``PYTHONHASHSEED``), and every file is written atomically, so the same inputs (in the same order) and seed give
 byte-identical files; a run killed part-way leaves each file either as before or complete, and a rerun ends with
-exactly the files of an uninterrupted run.
+exactly the files of an uninterrupted run. A run holds an exclusive lock on its ``--out`` (``--out-dir``) while it
+works (:func:`core.locks.output_lock`): a second run into the same output stops at once with an error naming the
+first.
 
 CLI (``lm-suite if``)::
 
@@ -58,6 +60,7 @@ from typing import Any
 
 from core.errors import DataError
 from core.io import atomic_write_text, jsonl_text
+from core.locks import output_lock
 from core.records import iter_jsonl
 
 __all__ = [
@@ -407,12 +410,13 @@ def write_subsets(
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: is a file; --out-dir must be a folder")
     paths: dict[str, Path] = {}
-    for arm, ps in subsets.items():
-        paths[arm] = out_dir / f"{ablation}_{arm}.jsonl"
-        atomic_write_text(paths[arm], jsonl_text(ps))
-    stats = {"ablation": ablation, **dict(settings or {}), "arms": subset_stats(subsets)}
-    paths["stats"] = out_dir / f"{ablation}_stats.json"
-    atomic_write_text(paths["stats"], json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
+    with output_lock(out_dir):
+        for arm, ps in subsets.items():
+            paths[arm] = out_dir / f"{ablation}_{arm}.jsonl"
+            atomic_write_text(paths[arm], jsonl_text(ps))
+        stats = {"ablation": ablation, **dict(settings or {}), "arms": subset_stats(subsets)}
+        paths["stats"] = out_dir / f"{ablation}_stats.json"
+        atomic_write_text(paths["stats"], json.dumps(stats, indent=2, ensure_ascii=False) + "\n")
     return paths
 
 
@@ -565,15 +569,16 @@ def _histogram(pairs: Sequence[Pair], low_max: float, high_min: float, easy_max:
 def run_curate(args: argparse.Namespace) -> int:
     """Run the ``curate`` command."""
     try:
-        pairs, lines = _load_and_select(args)
         out = Path(args.out)
         if out.is_dir():
             raise DataError(f"{out}: is a folder; --out must be a file path")
-        result = curate(
-            pairs, n=args.n, mix_weights=_parse_mix(args.mix), seed=args.seed, low_max=args.low_max,
-            high_min=args.high_min,
-        )
-        atomic_write_text(out, jsonl_text(result))
+        with output_lock(out):
+            pairs, lines = _load_and_select(args)
+            result = curate(
+                pairs, n=args.n, mix_weights=_parse_mix(args.mix), seed=args.seed, low_max=args.low_max,
+                high_min=args.high_min,
+            )
+            atomic_write_text(out, jsonl_text(result))
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -602,20 +607,21 @@ def _stats_table(stats: Mapping[str, Mapping[str, Any]], pools: Mapping[str, int
 def run_subsets(args: argparse.Namespace) -> int:
     """Run the ``subsets`` command."""
     try:
-        pairs, lines = _load_and_select(args)
-        thresholds = dict(
-            low_max=args.low_max, high_min=args.high_min, easy_max=args.easy_max, moderate_max=args.moderate_max
-        )
-        subsets = make_subsets(pairs, args.ablation, args.n, args.seed, **thresholds)
-        pools = {arm: len(p) for arm, p in _arm_pools(pairs, args.ablation, **thresholds).items()}
-        filters = {
-            name: getattr(args, name)
-            for name in ("min_gap", "max_gap", "min_chosen", "max_chosen", "complexity", "method", "shared_prefix")
-            if getattr(args, name) is not None
-        }
-        n = len(next(iter(subsets.values())))
-        settings = {"n": n, "seed": args.seed, **thresholds, "filters": filters, "pools": pools}
-        paths = write_subsets(subsets, args.out_dir, args.ablation, settings)
+        with output_lock(Path(args.out_dir)):  # before reading: a second run stops at once
+            pairs, lines = _load_and_select(args)
+            thresholds = dict(
+                low_max=args.low_max, high_min=args.high_min, easy_max=args.easy_max, moderate_max=args.moderate_max
+            )
+            subsets = make_subsets(pairs, args.ablation, args.n, args.seed, **thresholds)
+            pools = {arm: len(p) for arm, p in _arm_pools(pairs, args.ablation, **thresholds).items()}
+            filters = {
+                name: getattr(args, name)
+                for name in ("min_gap", "max_gap", "min_chosen", "max_chosen", "complexity", "method", "shared_prefix")
+                if getattr(args, name) is not None
+            }
+            n = len(next(iter(subsets.values())))
+            settings = {"n": n, "seed": args.seed, **thresholds, "filters": filters, "pools": pools}
+            paths = write_subsets(subsets, args.out_dir, args.ablation, settings)
     except (DataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

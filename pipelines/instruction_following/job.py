@@ -23,6 +23,8 @@ accuracies (Zhou et al. 2023) on held-out prompts. The steps, each writing into 
 
 Resumable: every step writes atomically and is skipped when its output exists (the pair steps also resume inside,
 chunk by chunk); ``job.json`` holds the settings, and a rerun with other settings in the same folder is refused.
+The job holds an exclusive lock on ``--out`` while it runs (:func:`core.locks.output_lock`, the file
+``<out>.lock`` beside the folder): a second job into the same folder stops at once with an error naming the first.
 
 CLI::
 
@@ -45,6 +47,7 @@ from typing import Any
 
 from core.errors import ConfigError, DataError, MissingExtraError
 from core.io import atomic_write_text, jsonl_text
+from core.locks import output_lock
 from core.records import iter_jsonl
 from pipelines.instruction_following.constraints import ConstraintError
 from pipelines.instruction_following.drafts import DRAFTABLE, draft_for_record
@@ -267,6 +270,12 @@ def _set_threads(threads: int) -> int:
 
 def run_job(cfg: JobConfig) -> dict[str, Any]:
     """Run (or resume) the job; returns ``results.json``'s content (accuracies before/after, counts, timings)."""
+    with output_lock(Path(cfg.out)):
+        return _run_job_locked(cfg)
+
+
+def _run_job_locked(cfg: JobConfig) -> dict[str, Any]:
+    """:func:`run_job`'s work, under the lock on its folder."""
     from pipelines.instruction_following.evaluation import format_table, per_type_accuracy
 
     start = time.perf_counter()

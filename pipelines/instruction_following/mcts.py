@@ -39,6 +39,7 @@ from typing import Any
 
 from core.errors import DataError, MissingExtraError
 from core.generation import GenerationFailure, Generator, generate_with_retries
+from core.locks import output_lock
 from pipelines.instruction_following.constraints import ConstraintError
 from pipelines.instruction_following.pairs import (
     PromptRecord,
@@ -284,10 +285,11 @@ def run(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens, max_depth=args.max_depth, c_uct=args.c_uct,
             selection=args.selection, margin=args.margin, retries=args.retries,
         )
-        report = write_mcts_pairs(
-            args.prompts, args.out, generator_from_args(args), config, chunk_size=args.chunk_size,
-            meta=dict(seed=args.seed, **generator_meta(args)),
-        )
+        with output_lock(args.out):  # before the model is loaded: a second run into --out stops at once
+            report = write_mcts_pairs(
+                args.prompts, args.out, generator_from_args(args), config, chunk_size=args.chunk_size,
+                meta=dict(seed=args.seed, **generator_meta(args)),
+            )
     except (ConstraintError, DataError, MissingExtraError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,7 +28,8 @@ skips the chunks already there (a prompt is done once its chunk's part exists, w
 then assembles ``out`` atomically and removes the parts. Sampling is seeded per call and the rejection rule per
 prompt, so an interrupted and resumed run writes the same file as an uninterrupted one. Prompts whose generation
 still fails after ``retries`` further attempts are written, with their ``error``, to ``<out>.failures.jsonl``
-(never silently dropped); ``<out>.parts/meta.json`` guards against resuming with other prompts or settings.
+(never silently dropped); ``<out>.parts/meta.json`` guards against resuming with other prompts or settings (parts
+without it are discarded, never reused), and a lock on ``out`` stops a second run into it at once.
 
 CLI::
 
@@ -50,6 +51,7 @@ from typing import Any
 from core.errors import DataError, MissingExtraError
 from core.generation import GenerationFailure, Generator, build_generator, generate_with_retries
 from core.io import parts_dir
+from core.locks import output_lock
 from core.records import iter_jsonl
 from pipelines.instruction_following.constraints import ConstraintError
 from pipelines.instruction_following.scoring import read_ifeval_inputs, score
@@ -322,11 +324,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run the ``rs`` command."""
     try:
-        report = write_rs_pairs(
-            args.prompts, args.out, generator_from_args(args), n=args.n, max_new_tokens=args.max_new_tokens,
-            rule=args.rule, gap=args.gap, seed=args.seed, retries=args.retries, chunk_size=args.chunk_size,
-            meta=generator_meta(args),
-        )
+        with output_lock(args.out):  # before the model is loaded: a second run into --out stops at once
+            report = write_rs_pairs(
+                args.prompts, args.out, generator_from_args(args), n=args.n, max_new_tokens=args.max_new_tokens,
+                rule=args.rule, gap=args.gap, seed=args.seed, retries=args.retries, chunk_size=args.chunk_size,
+                meta=generator_meta(args),
+            )
     except (ConstraintError, DataError, MissingExtraError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

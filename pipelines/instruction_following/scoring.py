@@ -27,6 +27,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -312,8 +313,17 @@ def _parse_input(path: str | Path, lineno: int, obj: dict[str, Any]) -> IFEvalIn
 
 
 def read_ifeval_inputs(path: str | Path) -> list[IFEvalInput]:
-    """Read and validate IFEval's input JSONL (blank lines skipped); :class:`DataError` names ``path:line``."""
-    return [_parse_input(path, lineno, obj) for lineno, obj in iter_jsonl(path)]
+    """Read and validate IFEval's input JSONL (blank lines skipped); :class:`DataError` names ``path:line``.
+
+    A ``key`` given twice is an error naming both lines (keys name prompts in results and pair files)."""
+    inputs = [_parse_input(path, lineno, obj) for lineno, obj in iter_jsonl(path)]
+    first: dict[str, IFEvalInput] = {}
+    for inp in inputs:
+        if inp.key is not None:
+            seen = first.setdefault(json.dumps(inp.key, sort_keys=True), inp)
+            if seen is not inp:
+                raise DataError(f"{inp.where}: field 'key': duplicate key {inp.key!r} (first at {seen.where})")
+    return inputs
 
 
 def read_responses(path: str | Path) -> dict[str, str]:

@@ -36,7 +36,10 @@ records in parts of ``chunk_size`` lines into ``<out>.parts/``, each part atomic
 atomically and removes the parts. Generation is cheap (48,000 prompts take a few seconds), so a re-run with the
 same arguments regenerates the deterministic stream and keeps each part already on disk whose bytes match, writing
 only the missing (or stale) ones: a killed run, re-run, ends with exactly the file an uninterrupted run writes,
-with no prompt duplicated or lost.
+with no prompt duplicated or lost. A part is kept only when its bytes are those of this run's settings (so parts of
+another seed or other options are never reused: they are rewritten), and the run holds an exclusive lock on
+``<out>`` (:func:`core.locks.output_lock`): a second run into the same file stops at once with an error naming the
+first.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from typing import Any
 
 from core.errors import DataError
 from core.io import atomic_path, atomic_write_text, jsonl_text, parts_dir
+from core.locks import output_lock
 from pipelines.instruction_following.constraints import (
     CONSTRAINT_TYPES,
     Constraint,
@@ -359,39 +363,42 @@ def write_prompts(
     out = Path(out)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; the output must be a file path")
-    start = time.perf_counter()
-    stream = iter_prompts(
-        seed,
-        min_constraints=min_constraints,
-        max_constraints=max_constraints,
-        exclude=exclude,
-        complexity_weights=complexity_weights,
-        include=include,
-    )
-    folder = parts_dir(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    n_parts = -(-n // chunk_size)
-    paths = [folder / f"part{i:05d}.jsonl" for i in range(n_parts)]
-    kept = written = 0
-    complexity: Counter[int] = Counter()
-    for i, path in enumerate(paths):
-        records = list(islice(stream, min(chunk_size, n - i * chunk_size)))
-        complexity.update(r["complexity"] for r in records)
-        text = jsonl_text(records)
-        if path.is_file() and path.read_bytes() == text.encode("utf-8"):
-            kept += 1
-            continue
-        _write_part(path, text)
-        written += 1
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run killed while assembling
-        stale.unlink(missing_ok=True)
-    with atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        for path in paths:
-            handle.write(path.read_bytes())
-        handle.flush()
-        os.fsync(handle.fileno())
-    shutil.rmtree(folder)
-    return SynthReport(out, n, n_parts, kept, written, time.perf_counter() - start, dict(sorted(complexity.items())))
+    with output_lock(out):
+        start = time.perf_counter()
+        stream = iter_prompts(
+            seed,
+            min_constraints=min_constraints,
+            max_constraints=max_constraints,
+            exclude=exclude,
+            complexity_weights=complexity_weights,
+            include=include,
+        )
+        folder = parts_dir(out)
+        folder.mkdir(parents=True, exist_ok=True)
+        n_parts = -(-n // chunk_size)
+        paths = [folder / f"part{i:05d}.jsonl" for i in range(n_parts)]
+        kept = written = 0
+        complexity: Counter[int] = Counter()
+        for i, path in enumerate(paths):
+            records = list(islice(stream, min(chunk_size, n - i * chunk_size)))
+            complexity.update(r["complexity"] for r in records)
+            text = jsonl_text(records)
+            if path.is_file() and path.read_bytes() == text.encode("utf-8"):
+                kept += 1
+                continue
+            _write_part(path, text)
+            written += 1
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):  # left by a run killed while assembling
+            stale.unlink(missing_ok=True)
+        with atomic_path(out) as tmp, open(tmp, "wb") as handle:
+            for path in paths:
+                handle.write(path.read_bytes())
+            handle.flush()
+            os.fsync(handle.fileno())
+        shutil.rmtree(folder)
+        return SynthReport(
+            out, n, n_parts, kept, written, time.perf_counter() - start, dict(sorted(complexity.items()))
+        )
 
 
 # ------------------------------------------------------------------------------------------------ CLI

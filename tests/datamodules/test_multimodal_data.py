@@ -203,7 +203,7 @@ def row(label: Any, where: str = "f.jsonl:1") -> Any:
 
 
 def test_label_resolution() -> None:
-    assert resolve_labels([row(0), row(2)]) == (["0", "1", "2"], False)
+    assert resolve_labels([row(0), row(2), row(1)]) == (["0", "1", "2"], False)
     assert resolve_labels([row("b"), row("a")]) == (["a", "b"], False)
     assert resolve_labels([row(["b"]), row([]), row(["c", "a"])]) == (["a", "b", "c"], True)
     assert resolve_labels([row([0, 1, 1]), row([1, 0, 0])]) == (["0", "1", "2"], True)

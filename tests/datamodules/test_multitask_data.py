@@ -96,7 +96,7 @@ def test_tsv_errors_name_file_line(tmp_path: Path, tok) -> None:
 @pytest.mark.parametrize(
     ("train", "val", "kwargs", "task_type", "num_labels", "labels"),
     [
-        ([0, 2, 1], [4], {}, "classification", 5, [0, 2, 1]),  # max over every split, + 1
+        ([0, 2, 1], [4], {"num_labels": 5}, "classification", 5, [0, 2, 1]),  # declared: val may use class 4
         ([0.5, 1, 2], None, {}, "regression", 1, [0.5, 1.0, 2.0]),  # any float: regression
         ([1.0, 0.0], None, {}, "regression", 1, [1.0, 0.0]),  # floats stay regression unless told otherwise
         ([1.0, 0.0], None, {"task_type": "classification"}, "classification", 2, [1, 0]),
@@ -184,12 +184,13 @@ def test_text_pairs_and_longest_first_truncation(tmp_path: Path, tok) -> None:
     path.write_text("sentence1\tsentence2\tlabel\ni like apple, pear and plum.\there is saw.\t1\n", encoding="utf-8")
     a = tok("i like apple, pear and plum.", add_special_tokens=False)["input_ids"]
     b = tok("here is saw.", add_special_tokens=False)["input_ids"]
-    dm = text_data(tok, train_files=str(path), text_field="sentence1", text_pair_field="sentence2")
+    dm = text_data(tok, train_files=str(path), text_field="sentence1", text_pair_field="sentence2", num_labels=2)
     assert dm.datasets["train"][0].input_ids == [1, *a, 2, *b, 2]
     # 3 special tokens leave 7 of 8 + 4: the longer text is cut until the two are level (4 + 4), then the first.
     assert (len(a), len(b)) == (8, 4)
     with pytest.warns(UserWarning, match="1 inputs were cut to max_length"):
-        dm = text_data(tok, train_files=str(path), text_field="sentence1", text_pair_field="sentence2", max_length=10)
+        dm = text_data(tok, train_files=str(path), text_field="sentence1", text_pair_field="sentence2", max_length=10,
+                       num_labels=2)
     assert dm.datasets["train"][0].input_ids == [1, *a[:3], 2, *b, 2]
 
 

@@ -339,7 +339,8 @@ def test_sst_reader_string_labels_query_and_defaults(tmp_path: Path, bert: Any) 
     assert b["labels"].tolist() == [0, 1] and b["has_rationale"].tolist() == [True, False]
     assert "token_type_ids" in b and b["token_type_ids"][1].sum() == 6  # what is the sentiment ? [SEP]
     assert batch_of(dm, "val")["labels"].tolist() == [1]  # an int label is the class index
-    ints = write_jsonl(tmp_path / "i.jsonl", [{"text": "a film", "label": 2}, {"text": "a film", "label": 0}])
+    ints = write_jsonl(tmp_path / "i.jsonl", [{"text": "a film", "label": 2}, {"text": "a film", "label": 0},
+                                              {"text": "a film", "label": 1}])
     assert data(bert, train_files=str(ints)).label_names == ["0", "1", "2"]
     assert data(bert, train_files=str(ints), labels=["a", "b", "c", "d"]).num_labels == 4
 

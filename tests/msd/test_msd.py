@@ -74,7 +74,9 @@ def msd_args(root: Path, *extra: str, teacher: Path | None = None) -> list[str]:
             "--data.train_file", str(SYN / "train.jsonl"), "--data.val_file", str(SYN / "val.jsonl"),
             "--data.test_file", "null", "--trainer.default_root_dir", str(root / "run"),
             "--trainer.callbacks.dirpath", str(root / "student"), "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", *extra]
+            "--trainer.enable_model_summary", "false",
+            "--data.allow_outside_root", "true",  # tests write rows whose images are the repo's, by absolute path
+            *extra]
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,8 @@ def val_module(root: Path) -> MultimodalDataModule:
 # ------------------------------------------------------------------------------------- teacher and cache
 def test_recipe_trains_the_teacher_then_msd_caches_it_and_exports_the_student(trained: dict[str, Any]) -> None:
     root, cli = trained["root"], trained["cli"]
-    assert {p.name for p in (root / "teacher").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (root / "teacher").iterdir()} == {"config.json", "model.safetensors",
+                                                      "lm_suite_files.json"}  # + the export's manifest
     teacher = MultimodalClassifier.load(root / "teacher")
     assert teacher.hparams.image_backbone == "timm:test_resnet" and teacher.hparams.label_names == ["0", "1"]
     assert not teacher.training
@@ -431,7 +434,8 @@ def test_teacher_with_another_image_size_needs_its_cache_made_apart(tmp_path: Pa
     assert "lm-suite teacher-cache" in capsys.readouterr().err
     config = yaml.safe_load((ROOT / "configs/msd.yaml").read_text())
     config["model"]["init_args"].update(teacher=str(teacher), cache_dir=str(tmp_path / "cache"))
-    config["data"]["init_args"].update(train_file=str(train), val_file=None, test_file=None, image_size=SIZE)
+    config["data"]["init_args"].update(train_file=str(train), val_file=None, test_file=None, image_size=SIZE,
+                                       allow_outside_root=True)
     (tmp_path / "msd.yaml").write_text(yaml.safe_dump(config))
     made = cache_main(["--config", str(tmp_path / "msd.yaml")])
     assert json.loads(read_metadata(made)["settings"])["image_size"] == 32

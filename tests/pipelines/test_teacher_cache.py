@@ -43,7 +43,8 @@ def recipe(root: Path, train: Path) -> Path:
             "image_backbone": "timm:test_resnet", "text_backbone": "tiny-bert", "image_size": SIZE,
             "fusion_hidden": 16}},
         "data": {"class_path": "datamodules.MultimodalDataModule", "init_args": {
-            "train_file": str(train), "val_file": None, "image_size": SIZE, "batch_size": 8}},
+            "train_file": str(train), "val_file": None, "image_size": SIZE, "batch_size": 8,
+            "allow_outside_root": True}},  # the rows name the repo's images by absolute path
         "trainer": {"max_steps": 1, "accelerator": "cpu", "devices": 1, "logger": False,
                     "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
                     "default_root_dir": str(root / "teacher_run"),
@@ -75,9 +76,10 @@ def test_cache_trains_a_missing_teacher_in_process(tmp_path: Path, monkeypatch: 
                        "--model.teacher_recipe", str(recipe(tmp_path, train)),
                        "--model.cache_dir", str(tmp_path / "cache"), "--model.image_size", str(SIZE),
                        "--data.image_size", str(SIZE), "--data.train_file", str(train), "--data.val_file", "null",
-                       "--data.test_file", "null"])
+                       "--data.test_file", "null", "--data.allow_outside_root", "true"])
     assert calls == [["fit", "--config", str(tmp_path / "teacher.yaml")]]
-    assert {p.name for p in (tmp_path / "teacher").iterdir()} == {"config.json", "model.safetensors"}
+    assert {p.name for p in (tmp_path / "teacher").iterdir()} == {"config.json", "model.safetensors",
+                                                      "lm_suite_files.json"}  # + the export's manifest
     assert MultimodalClassifier.load(tmp_path / "teacher").hparams.image_size == SIZE
     assert made.parent == tmp_path / "cache" and load_file(made)["logits"].shape == (16, 3, 2)
     assert json.loads(read_metadata(made)["settings"])["image_size"] == SIZE
