@@ -24,7 +24,7 @@ demo-dpo: $(STAMP)
 demo-critic: $(STAMP)
 	$(VENV)/bin/lm-suite fit --config configs/critic_rm.yaml
 	$(VENV)/bin/lm-suite test --config configs/critic_rm.yaml --data.test_files data/rewardbench_tiny.jsonl \
-		--ckpt_path runs/critic_rm/checkpoints/last.ckpt
+		--ckpt_path $$(ls -t runs/critic_rm/lightning_logs/*/checkpoints/last.ckpt | head -1)
 
 demo-prefix: $(STAMP)
 	$(VENV)/bin/lm-suite prefix report --out runs/prefix_report

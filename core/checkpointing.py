@@ -11,9 +11,13 @@ factory is always the command's own.
 from __future__ import annotations
 
 import inspect
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from core.errors import ConfigError
 
@@ -69,7 +73,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # the legacy (pre-zip) format has no mmap
+        except (RuntimeError, OSError):  # the legacy (pre-zip) format, or a truncated file, has no mmap
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         raise ConfigError(f"cannot read {path} as a checkpoint: {_first_line(err)}") from None
@@ -115,3 +119,30 @@ def load_module(cls: type, ckpt: str | Path, trust_remote_code: bool = False, ho
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, but each file goes to a temporary name beside its target and is renamed into
+    place once complete (``os.replace``, same folder so same filesystem): a full disk or a kill mid-write leaves the
+    previous ``last.ckpt`` intact, never a truncated file under the real name. (Lightning's own writer stages the file
+    in the system temp folder, whose move onto another filesystem is a copy that can stop half-way.) Remote paths
+    (``s3://``...) and ``storage_options`` go to Lightning's writer unchanged."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()

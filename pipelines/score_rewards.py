@@ -7,7 +7,7 @@ averaging their rewards scales at inference time); the output repeats the row an
 accuracy, and the RewardBench table when rows carry a ``subset``; the scored file feeds
 ``lm-suite rewardbench --scores``.
 
-    lm-suite score-rewards --ckpt runs/critic_rm/checkpoints/last.ckpt \\
+    lm-suite score-rewards --ckpt runs/critic_rm/lightning_logs/version_0/checkpoints/last.ckpt \\
         --input data/rewardbench_tiny.jsonl --out runs/critic_rm/scored.jsonl --num-critiques 4 --temperature 0.8
 """
 

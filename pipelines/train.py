@@ -16,27 +16,74 @@ unless the command asks for it (``--model.trust_remote_code true``; ``core.check
 from __future__ import annotations
 
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 import callbacks  # noqa: F401  (registers the suite's callbacks for --trainer.callbacks short names)
 import datamodules  # noqa: F401  (registers every DataModule for --data NAME)
 import lightning_modules  # noqa: F401  (registers every LightningModule for --model NAME)
 import pipelines.instruction_following.callback  # noqa: F401  (IFEvalCallback, beside the verifiers it runs)
 from core.backbones import UnknownModelError
-from core.checkpointing import REMOTE_CODE, check_remote_code, read_checkpoint, saved_hparams
+from core.checkpointing import REMOTE_CODE, AtomicCheckpointIO, check_remote_code, read_checkpoint, saved_hparams
 from core.errors import ConfigError, DataError
 from core.legacy import new_home
+
+_UNKNOWN_KEY = re.compile(r"(?:(?:Option|Key) '([^']+)' is not (?:accepted|expected)|does not accept option '([^']+)')")
+
+
+def config_files(args: list[str]) -> list[str]:
+    """The files that ``--config`` / ``-c`` name in ``args``, in order."""
+    files = []
+    for i, arg in enumerate(args):
+        if arg in ("--config", "-c") and i + 1 < len(args):
+            files.append(args[i + 1])
+        elif arg.startswith("--config="):
+            files.append(arg.split("=", 1)[1])
+    return files
+
+
+def error_headline(message: str, files: list[str]) -> str:
+    """The first line of a CLI error: for a misspelt key, the key and where a config file sets it (``file:line``),
+    else the parser's own first line."""
+    keys = [a or b for a, b in _UNKNOWN_KEY.findall(message)]
+    if not keys:
+        return (message.strip().splitlines() or ["invalid arguments"])[0]
+    key = keys[-1]  # the innermost: the key itself, not the group holding it
+    pattern = re.compile(rf"\s*(?:-\s+)?{re.escape(key.split('.')[-1])}\s*:")
+    for name in files:
+        try:
+            lines = Path(name).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for number, line in enumerate(lines, 1):
+            if pattern.match(line):
+                return f"{name}:{number}: unknown key {key!r} (misspelt?); details below"
+    return f"unknown key {key!r} (misspelt?); details below"
+
+
+class SuiteParser(LightningArgumentParser):
+    """Lightning's parser, whose errors start with one line naming the problem (and the file:line of a misspelt
+    key) before jsonargparse's usage and details."""
+
+    config_files: list[str] = []
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if self.exit_on_error:
+            sys.stderr.write(f"error: {error_headline(message, SuiteParser.config_files)}\n")
+        super().error(message, ex)
 
 
 class SuiteCLI(LightningCLI):
     """LightningCLI with the suite's defaults: any module and datamodule by short name or config."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True, **kwargs) -> None:
+        SuiteParser.config_files = config_files(list(sys.argv[1:] if args is None else args))
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -44,10 +91,19 @@ class SuiteCLI(LightningCLI):
             subclass_mode_data=True,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_class=SuiteParser,
             args=args,
             run=run,
             **kwargs,
         )
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """Lightning's trainer, writing checkpoints atomically (:class:`~core.checkpointing.AtomicCheckpointIO`)
+        wherever the strategy uses Lightning's default writer (single device, DDP, FSDP full state dicts)."""
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Lay ``--ckpt_path``'s hyperparameters over the config, as Lightning does, except ``trust_remote_code``: the
