@@ -81,6 +81,19 @@ def check_output_folder(path: str | Path, *, overwrite: bool = False, hint: str 
         raise ConfigError(f"{path} is a non-empty folder that lm-suite did not write (no {MANIFEST}): {hint}")
 
 
+def writable_folder(folder: str | Path) -> Path:
+    """``folder``, created if missing; :class:`ConfigError` (one line) if it cannot be created or written into."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".lm_suite_probe.{uuid.uuid4().hex[:8]}"
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as err:
+        raise ConfigError(f"cannot write into the folder {path}: {err.strerror or err}") from err
+    return path
+
+
 def _non_empty(folder: Path) -> bool:
     try:
         return any(True for _ in os.scandir(folder))

@@ -364,7 +364,7 @@ def align_words(tokenizer: Any, words: list[str]) -> tuple[list[int], list[int]]
     for w in words:
         starts.append(pos)
         pos += len(w) + 1
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=True)
     word_of = []
     for begin, end in enc["offset_mapping"]:
         inside = text[begin:end]
@@ -402,7 +402,7 @@ class RationaleEncoder:
 
     def plain(self, text: str) -> list[int]:
         """Ids of a query / option (words joined by single spaces, no specials)."""
-        return list(self.tok(" ".join(text.split()), add_special_tokens=False)["input_ids"])
+        return list(self.tok(" ".join(text.split()), add_special_tokens=False, split_special_tokens=True)["input_ids"])
 
     def encode(self, row: RationaleRow, label: int, stats: TruncationStats) -> RationaleExample | None:
         """The example, or None when ``truncation="drop"`` drops it; counts into ``stats``."""

@@ -32,6 +32,7 @@ import pipelines.instruction_following.callback  # noqa: F401  (IFEvalCallback, 
 from core.backbones import UnknownModelError
 from core.checkpointing import REMOTE_CODE, AtomicCheckpointIO, check_remote_code, read_checkpoint, saved_hparams
 from core.errors import ConfigError, DataError
+from core.io import writable_folder
 from core.legacy import new_home
 
 _UNKNOWN_KEY = re.compile(r"(?:(?:Option|Key) '([^']+)' is not (?:accepted|expected)|does not accept option '([^']+)')")
@@ -96,6 +97,13 @@ class SuiteCLI(LightningCLI):
             run=run,
             **kwargs,
         )
+
+    def before_instantiate_classes(self) -> None:
+        """The run's output folder (``--trainer.default_root_dir``, else the working folder) must be writable: one
+        line before any model or data is built, not an OS traceback at the first log or checkpoint."""
+        subcommand = self.config.get("subcommand")
+        trainer = (self.config[subcommand] if subcommand else self.config).get("trainer") or {}
+        writable_folder(trainer.get("default_root_dir") or os.getcwd())
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's trainer, writing checkpoints atomically (:class:`~core.checkpointing.AtomicCheckpointIO`)

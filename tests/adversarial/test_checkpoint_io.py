@@ -58,3 +58,15 @@ def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path: Path, monkeypatc
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot read {bad} as a checkpoint: ")
+
+
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(ROOT)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", "configs/dpo.yaml", "--trainer.default_root_dir", str(blocker / "run")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: cannot write into the folder {blocker / 'run'}: Not a directory"]
