@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import DataError
+from core.records import read_text
 
 __all__ = [
     "CRITIQUE_TEMPLATE",
@@ -124,11 +125,9 @@ def check_template(template: str, kind: str, source: str = "template") -> str:
 def load_template(path: str | Path, kind: str) -> str:
     """A template file's text, checked with :func:`check_template` (DataError for an unreadable file)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as err:
-        raise DataError(f"{path}: cannot read the {kind} template ({err.strerror or err})") from None
-    return check_template(text, kind, str(path))
+    if not path.is_file():
+        raise DataError(f"{path}: cannot read the {kind} template (no such file)")
+    return check_template(read_text(path), kind, str(path))  # DataError at path:line for a byte that is not UTF-8
 
 
 @dataclass(frozen=True)

@@ -543,3 +543,15 @@ def test_snli_ve_image_outside_and_the_data_module_flag(tmp_path: Path) -> None:
         MultimodalDataModule(train_file=str(path)).read_rows()
     rows = MultimodalDataModule(train_file=str(path), allow_outside_root=True).read_rows()
     assert rows["train"][0].image == tmp_path / "../x.png"
+
+
+def test_a_critique_template_that_is_not_utf8_is_one_line_at_its_line(tmp_path: Path) -> None:
+    from pipelines.critiques.templates import load_template
+
+    bad = tmp_path / "critique.txt"
+    bad.write_bytes(b"P={prompt}\nR={response}\nScore \xe9 {{N}}\n")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(bad))}:3: not UTF-8"):
+        load_template(bad, "critique")
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbfP={prompt} R={response} Score {{N}}")
+    assert load_template(bom, "critique").startswith("P={prompt}")
