@@ -16,13 +16,14 @@ too, so a loader iterated before Lightning's ``set_epoch`` (worker prefetch) sti
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 
-class SkippingSampler(DistributedSampler):
+class SkippingSampler(DistributedSampler, ABC):
     """Base of the resumable samplers: ``skip_next(epoch, n)`` leaves out the first ``n`` items of ``epoch``.
 
     A subclass gives this rank's items of ``self.epoch`` in order (:meth:`epoch_items`). The order is drawn when the
@@ -34,8 +35,9 @@ class SkippingSampler(DistributedSampler):
     def skip_next(self, epoch: int, n: int) -> None:
         self._skip = (epoch, n)
 
+    @abstractmethod
     def epoch_items(self) -> list[Any]:
-        raise NotImplementedError
+        """This rank's items of ``self.epoch``, in order."""
 
     def __iter__(self) -> Iterator[Any]:
         items = self.epoch_items()

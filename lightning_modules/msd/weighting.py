@@ -22,6 +22,7 @@ and its own checks. Schemes are plain objects, not modules: what trains (``Learn
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -50,7 +51,7 @@ WeightingName = Literal["none", "uniform", "dataset", "instance", "learned"]
 MODALITIES = ("image", "text")
 
 
-class WeightingScheme:
+class WeightingScheme(ABC):
     """How the modality KD terms are weighted. Subclasses override :meth:`weights` and, where they need them, the
     hooks (checks, setup, meta step, checkpoint state); the defaults are those of a stateless scheme."""
 
@@ -68,7 +69,7 @@ class WeightingScheme:
             rank_zero_warn(f"data.heldout_fraction sets {len(dm.datasets['heldout'])} training rows aside, which only "
                            "weighting=learned uses")
 
-    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:
+    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:  # noqa: B027
         """At every fit, after the teacher's outputs on the training rows are known (None: a live teacher)."""
 
     def features(self, teacher: Tensor, labels: Tensor, multi_label: bool) -> tuple[Tensor, Tensor]:
@@ -78,9 +79,9 @@ class WeightingScheme:
         saliency = modality_saliency(teacher[0], teacher[1:], labels, self.saliency, multi_label)  # (B, M)
         return saliency, saliency
 
+    @abstractmethod
     def weights(self, features: Tensor) -> Tensor | None:
         """The modality terms' weights (B, M), detached, from the features (B, F); None: no modality terms."""
-        raise NotImplementedError
 
     def meta_due(self, batch_idx: int) -> bool:
         """Whether this batch takes a meta step (:meth:`meta_step`) before its weights are asked for."""
@@ -88,13 +89,13 @@ class WeightingScheme:
 
     def meta_step(self, module: Any, train_loss: Callable[[Tensor], Tensor], features: Tensor) -> None:
         """Update the scheme from this batch; only schemes whose :meth:`meta_due` can be true have one."""
-        raise NotImplementedError(f"{type(self).__name__} takes no meta step")
+        raise RuntimeError(f"{type(self).__name__} takes no meta step (its meta_due is never true)")
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps of the scheme beyond ``net``'s parameters (empty: nothing)."""
         return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (a no-op hook by default)
         """Restore :meth:`state_dict`'s output (empty for a checkpoint written without this scheme)."""
 
 
@@ -134,7 +135,7 @@ class Dataset(WeightingScheme):
         self.mean_saliency = mean.float()
         self._weights = dataset_weights(self.mean_saliency)
 
-    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:
+    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:  # noqa: B027
         examples = dm.datasets["train"].examples
         index = torch.tensor([e.index for e in examples])
         labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if dm.multi_label else torch.long)
@@ -218,7 +219,7 @@ class Learned(WeightingScheme):
             raise ConfigError("weighting=learned takes float32 or bfloat16: its meta-gradients are not loss-scaled "
                               f"(precision {trainer.precision})")
 
-    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:
+    def setup(self, dm: Any, outputs: TeacherOutputs | None, rank: int, world_size: int) -> None:  # noqa: B027
         self.loader, self.heldout = dm.heldout_dataloader(rank, world_size), None
 
     def features(self, teacher: Tensor, labels: Tensor, multi_label: bool) -> tuple[Tensor, Tensor]:
@@ -281,7 +282,7 @@ class Learned(WeightingScheme):
         optimizer = self.optimizer.state_dict() if self.optimizer is not None else self._restored
         return {"optimizer": optimizer, "heldout_used": self.heldout_used}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027  (a no-op hook by default)
         self._restored, self.optimizer = state.get("optimizer"), None
         self.heldout_used, self.heldout = int(state.get("heldout_used", 0)), None
 
