@@ -76,7 +76,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         except (RuntimeError, OSError):  # the legacy (pre-zip) format, or a truncated file, has no mmap
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise ConfigError(f"cannot read {path} as a checkpoint: {_first_line(err)}") from None
+        raise ConfigError(f"cannot read {path} as a checkpoint: {first_line(err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{path} is no Lightning checkpoint (no state_dict)")
     return checkpoint
@@ -116,7 +116,8 @@ def load_module(cls: type, ckpt: str | Path, trust_remote_code: bool = False, ho
     return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, **overrides)
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """An exception's first line (its type name when it has no message): for one-line user errors."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core.checkpointing import MODULE_CLASS_KEY, load_module, read_checkpoint
+from core.checkpointing import MODULE_CLASS_KEY, first_line, load_module, read_checkpoint
 from core.errors import ConfigError
 
 # The classes export writes, by --module name, and every import path a checkpoint may name each by: the defining
@@ -82,13 +82,8 @@ def export(ckpt: Path, out: Path, module: str | None = None, merge_lora: bool = 
     try:
         model = load_module(exportable_class(name), ckpt, trust_remote_code, how="--trust-remote-code")
     except RuntimeError as err:  # state dict of another module (a wrong --module)
-        raise ConfigError(f"{ckpt} does not load as {name}: {_first_line(err)}") from None
+        raise ConfigError(f"{ckpt} does not load as {name}: {first_line(err)}") from None
     return name, model.export_pretrained(out, merge_lora=merge_lora, overwrite=overwrite)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> Path:
