@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -249,11 +249,35 @@ def unwrap_peft(model: nn.Module) -> nn.Module:
     return model.get_base_model() if is_peft(model) else model
 
 
+# The attribute under which FSDP2Strategy registers :func:`_hidden_and_logits` as a forward method of a sharded causal
+# LM (``torch.distributed.fsdp.register_fsdp_forward_method``), so that its weights are gathered around the call.
+LM_ENTRY = "suite_hidden_and_logits"
+
+
+def hidden_and_logits(lm: nn.Module, positions: Tensor | None, **decoder_kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    """A causal LM's last hidden states (R, T, H) and its logits (P, V) at the flat positions ``positions`` (P,) of
+    the (R*T) grid only (None: no logits): the head never runs on prompt tokens. ``lm`` is the Hugging Face model
+    (PEFT wrappers unwrapped); ``decoder_kwargs`` go to its decoder (``input_ids``, ``attention_mask``...)."""
+    entry = lm.__dict__.get(LM_ENTRY)
+    if entry is not None:
+        return entry(positions, **decoder_kwargs)
+    return _hidden_and_logits(lm, positions, **decoder_kwargs)
+
+
+def _hidden_and_logits(lm: nn.Module, positions: Tensor | None, **decoder_kwargs: Any) -> tuple[Tensor, Tensor | None]:
+    hidden = lm.get_decoder()(use_cache=False, **decoder_kwargs).last_hidden_state  # (R, T, H)
+    if positions is None:
+        return hidden, None
+    return hidden, lm.get_output_embeddings()(hidden.reshape(-1, hidden.shape[-1])[positions])  # (P, V)
+
+
 def model_fingerprint(model: nn.Module, name: str) -> str:
     """sha256 over the name and every parameter's bytes: identifies the weights a cache was built with."""
     h = hashlib.sha256(name.encode())
     for key, tensor in sorted(model.state_dict().items()):
         h.update(key.encode())
+        if hasattr(tensor, "full_tensor"):  # a sharded DTensor (FSDP2): every rank gathers the whole
+            tensor = tensor.full_tensor()
         t = tensor.detach().to("cpu").contiguous()
         h.update(str(t.dtype).encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")

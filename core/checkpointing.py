@@ -48,7 +48,8 @@ class TrainableOnlyCheckpoints:
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.hparams.lora_r > 0:  # type: ignore[attr-defined]
+        # A sharded run's strategy restores the weights itself and passes only the metadata here.
+        if self.hparams.lora_r > 0 and "state_dict" in checkpoint:  # type: ignore[attr-defined]
             own = self.state_dict()  # type: ignore[attr-defined]
             for name in self._frozen_names():
                 checkpoint["state_dict"].setdefault(name, own[name])
@@ -62,12 +63,16 @@ CLI_OPT_IN = "--model.trust_remote_code true"
 HPARAMS_KEYS = ("hyper_parameters", "hparams", "module_arguments")
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, tensors: bool = True) -> dict[str, Any]:
     """``path``'s contents, read with ``weights_only=True`` (tensors memory-mapped where the format allows);
-    :class:`ConfigError` if it is missing or no Lightning checkpoint."""
+    :class:`ConfigError` if it is missing or no Lightning checkpoint. A sharded run's distributed-checkpoint folder
+    (``core.strategies.FSDP2Strategy``) is read whole on this one process: its metadata plus the full
+    ``state_dict`` (not the optimizer states); ``tensors=False`` reads the metadata alone (hyperparameters)."""
     import torch
 
     path = Path(path)
+    if path.is_dir():
+        return _read_distributed(path, tensors)
     if not path.is_file():
         raise ConfigError(f"no checkpoint at {path}")
     try:
@@ -79,6 +84,34 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path} as a checkpoint: {first_line(err)}") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ConfigError(f"{path} is no Lightning checkpoint (no state_dict)")
+    return checkpoint
+
+
+# The file of a distributed-checkpoint folder that holds everything but the tensors (Lightning's name).
+DISTRIBUTED_META = "meta.pt"
+
+
+def _read_distributed(path: Path, tensors: bool) -> dict[str, Any]:
+    import warnings
+
+    import torch
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    if not (path / DISTRIBUTED_META).is_file() or not (path / ".metadata").is_file():
+        raise ConfigError(f"{path} is a folder but no distributed checkpoint (no {DISTRIBUTED_META} and .metadata)")
+    try:
+        checkpoint = torch.load(path / DISTRIBUTED_META, map_location="cpu", weights_only=True)
+        if tensors:
+            state: dict[str, Any] = {}
+            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore", UserWarning)
+                _load_state_dict(state, storage_reader=FileSystemReader(str(path)),
+                                 planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)
+            checkpoint["state_dict"] = state["state_dict"]
+    except Exception as err:
+        raise ConfigError(f"cannot read {path} as a distributed checkpoint: {first_line(err)}") from None
     return checkpoint
 
 
@@ -104,15 +137,21 @@ def check_remote_code(saved: Mapping[str, Any], source: str | Path, allowed: boo
 
 def load_module(cls: type, ckpt: str | Path, trust_remote_code: bool = False, how: str = CLI_OPT_IN,
                 **overrides: Any) -> Any:
-    """``cls.load_from_checkpoint(ckpt)`` on the CPU, read with ``weights_only=True``, where the checkpoint cannot
+    """``cls.load_from_checkpoint(ckpt)`` on the CPU (``ckpt`` a file or a sharded run's folder), read with
+    ``weights_only=True``, where the checkpoint cannot
     turn on remote code: a saved ``trust_remote_code: true`` is refused unless ``trust_remote_code`` (the caller's
     own setting) allows it, and the module is built with the caller's value, never the saved one."""
-    saved = saved_hparams(read_checkpoint(ckpt))
+    checkpoint = read_checkpoint(ckpt)
+    saved = saved_hparams(checkpoint)
     check_remote_code(saved, ckpt, trust_remote_code, how)
     params = inspect.signature(cls.__init__).parameters
     takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if REMOTE_CODE in params or (takes_kwargs and REMOTE_CODE in saved):  # the saved value never reaches __init__
         overrides[REMOTE_CODE] = trust_remote_code
+    if Path(ckpt).is_dir():  # a sharded run's folder, already read whole: build the class from what it holds
+        from lightning.pytorch.core.saving import _load_state
+
+        return _load_state(cls, checkpoint, **overrides)
     return cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True, **overrides)
 
 

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="let the backbone run its own Python code (never taken from the checkpoint)")
     args = parser.parse_args(argv)
     try:
-        if not args.ckpt.is_file():
+        if not args.ckpt.exists():  # a file, or a sharded run's folder
             raise DataError(f"{args.ckpt}: no such checkpoint")
         rows = read_records(str(args.input))
         overrides = {name: value for name, value in (
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             ("max_critique_tokens", args.max_critique_tokens)) if value is not None}
         model = load_module(CriticRM, args.ckpt, args.trust_remote_code, how="--trust-remote-code", **overrides)
         model = model.to(args.device).eval()  # the overrides went through __init__'s checks
-        data = read_checkpoint(args.ckpt).get("datamodule_hyper_parameters") or {}
+        data = read_checkpoint(args.ckpt, tensors=False).get("datamodule_hyper_parameters") or {}
         pt = PairTokenizer(model.tokenizer, data.get("use_chat_template"), data.get("system_prompt"))
         with torch.no_grad():
             scored = score_rows(model, rows, args.batch_size, pt)

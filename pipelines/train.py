@@ -34,6 +34,7 @@ from core.checkpointing import REMOTE_CODE, AtomicCheckpointIO, check_remote_cod
 from core.errors import ConfigError, DataError
 from core.io import writable_folder
 from core.legacy import new_home
+from core.strategies import check_sharding
 
 _UNKNOWN_KEY = re.compile(r"(?:(?:Option|Key) '([^']+)' is not (?:accepted|expected)|does not accept option '([^']+)')")
 
@@ -107,8 +108,10 @@ class SuiteCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         """Lightning's trainer, writing checkpoints atomically (:class:`~core.checkpointing.AtomicCheckpointIO`)
-        wherever the strategy uses Lightning's default writer (single device, DDP, FSDP full state dicts)."""
+        wherever the strategy uses Lightning's default writer (single device, DDP, FSDP2 full state dicts; FSDP2's
+        distributed folders are renamed into place by :class:`~core.strategies.FSDP2Strategy` itself)."""
         trainer = super().instantiate_trainer(**kwargs)
+        check_sharding(self.model, trainer.strategy)  # a strategy the model cannot run under: one line, before work
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
@@ -120,9 +123,9 @@ class SuiteCLI(LightningCLI):
         if not subcommand:
             return
         ckpt_path = self.config[subcommand].get("ckpt_path")
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        if not ckpt_path or not Path(ckpt_path).exists():
             return  # "last", "best", or none: nothing read from a file here
-        checkpoint = read_checkpoint(ckpt_path)
+        checkpoint = read_checkpoint(ckpt_path, tensors=False)  # a file, or a sharded run's folder
         asked = _asked_remote_code(self.config[subcommand].get("model"))
         check_remote_code(saved_hparams(checkpoint), ckpt_path, asked)
         hparams = dict(checkpoint.get("hyper_parameters") or {})

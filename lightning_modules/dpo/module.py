@@ -15,11 +15,21 @@ from lightning.pytorch import LightningModule
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from core.backbones import Dtype, LoraSpec, apply_lora, build_causal_lm, check_model_name, load_tokenizer, unwrap_peft
+from core.backbones import (
+    Dtype,
+    LoraSpec,
+    apply_lora,
+    build_causal_lm,
+    check_model_name,
+    hidden_and_logits,
+    load_tokenizer,
+    unwrap_peft,
+)
 from core.checkpointing import TrainableOnlyCheckpoints
 from core.errors import ConfigError
 from core.losses import masked_sum, token_logps
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 from lightning_modules.dpo.loss import LossType, dpo_loss
 from lightning_modules.dpo.packing import additive_mask, flex_block_mask, packed_attention_mask
 from lightning_modules.dpo.reference import Reference, ReferenceMode
@@ -29,7 +39,7 @@ METRICS = (
 )
 
 
-class DPO(TrainableOnlyCheckpoints, LightningModule):
+class DPO(Shardable, TrainableOnlyCheckpoints, LightningModule):
     """Direct Preference Optimization (Rafailov et al., 2023) and its IPO / hinge / conservative / RPO variants.
 
     Args:
@@ -106,6 +116,10 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
         self.policy = apply_lora(self.policy, lora)
         self.val_metrics = nn.ModuleDict({k.replace("/", "_"): MeanMetric() for k in (*METRICS, "loss")})
 
+    def unregistered_networks(self) -> list[nn.Module]:
+        """The frozen reference copy (``copy`` mode), sharded like the policy under FSDP2."""
+        return [self.reference.model] if self.reference.model is not None else []
+
     # ----------------------------------------------------------------------------------------------- forward
     @property
     def tokenizer_name(self) -> str:
@@ -114,16 +128,16 @@ class DPO(TrainableOnlyCheckpoints, LightningModule):
     def sequence_logps(self, net: nn.Module, batch: dict[str, Any]) -> dict[str, Tensor]:
         """Summed response log-probs of chosen and rejected, (B,) each, plus token counts and chosen NLL."""
         mask = self._attention_mask(batch, next(net.parameters()).dtype)
-        inner = unwrap_peft(net)
-        decoder, head = inner.get_decoder(), inner.get_output_embeddings()
-        hidden = decoder(
-            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False
-        ).last_hidden_state  # (R, T, H)
-        flat = hidden.reshape(-1, hidden.shape[-1])  # (R*T, H)
+        idx = {side: batch[f"{side}_index"] for side in ("chosen", "rejected")}  # (B, Lc), (B, Lr) flat positions
+        _, logits = hidden_and_logits(  # (B*Lc + B*Lr, V): only where a response token is predicted
+            unwrap_peft(net), torch.cat([i.reshape(-1) for i in idx.values()]),
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"],
+        )
+        parts = logits.split([i.numel() for i in idx.values()])
         out: dict[str, Tensor] = {}
-        for side in ("chosen", "rejected"):
-            logits = head(flat[batch[f"{side}_index"]])  # (B, L, V): only where a response token is predicted
-            tok = token_logps(logits, batch[f"{side}_tokens"])  # (B, L)
+        for (side, index), part in zip(idx.items(), parts, strict=True):
+            side_logits = part.view(*index.shape, -1)  # (B, L, V)
+            tok = token_logps(side_logits, batch[f"{side}_tokens"])  # (B, L)
             m = batch[f"{side}_mask"]
             out[side] = masked_sum(tok, m)  # (B,)
             out[f"{side}_lengths"] = m.sum(-1)  # (B,)

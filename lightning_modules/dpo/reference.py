@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from core.backbones import model_fingerprint
 from core.errors import ConfigError
 from core.shard_cache import gather_rows, load_or_compute
+from core.strategies import whole_model_on_each_rank
 
 log = logging.getLogger(__name__)
 ReferenceMode = Literal["auto", "copy", "adapter", "precomputed"]
@@ -113,11 +114,19 @@ class Reference:
         net.eval()
         n = dm.split_size(split)
         result = torch.zeros(n, 2)
+        loader = dm.reference_dataloader(split, rank=rank, world_size=world)
+        # Sharded weights are gathered by every rank at each forward: all ranks must run as many forwards, so a
+        # rank with fewer rows repeats its last batch (its result is not kept). Rank 0 holds the most rows.
+        sharded = not whole_model_on_each_rank(module.trainer.strategy)
+        extra = len(dm.reference_dataloader(split, rank=0, world_size=world)) - len(loader) if sharded else 0
         with torch.no_grad(), ctx, module.trainer.precision_plugin.forward_context():
-            for batch in dm.reference_dataloader(split, rank=rank, world_size=world):
+            batch = None
+            for batch in loader:
                 batch = module.transfer_batch_to_device(batch, module.device, 0)
                 out = module.sequence_logps(net, batch)
                 result[batch["index"].cpu()] = torch.stack([out["chosen"], out["rejected"]], -1).float().cpu()
+            for _ in range(extra):
+                module.sequence_logps(net, batch)
         net.train(was_training)
         return gather_rows(result)
 

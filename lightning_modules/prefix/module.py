@@ -175,7 +175,10 @@ class PrefixTuning(LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(ENCODER)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Refill the frozen encoder from the one this module rebuilt, so strict loading and resuming work."""
+        """Refill the frozen encoder from the one this module rebuilt, so strict loading and resuming work (a sharded
+        run's strategy restores the weights itself and passes no state dict here)."""
+        if "state_dict" not in checkpoint:
+            return
         for key, value in self.state_dict().items():
             if key.startswith(ENCODER):
                 checkpoint["state_dict"].setdefault(key, value)

@@ -22,98 +22,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from module_cases import CASES, COMMON, ROOT, case_args
 
-from core import backbones
-from lightning_modules.msd.classifier import MultimodalClassifier
 from train import main
 
-ROOT = Path(__file__).resolve().parents[2]
 STOP = 4  # checkpoint after this step: epoch 1, batch 1 of 3
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-COMMON = [
-    "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1",
-    "--trainer.num_sanity_val_steps", "0", "--trainer.deterministic", "true", "--trainer.accelerator", "cpu",
-    "--trainer.devices", "1", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-    "--trainer.enable_model_summary", "false", "--trainer.log_every_n_steps", "1",
-]
-SCHEDULE = ["--model.warmup_steps", "1", "--model.lr_schedule"]
-MULTIMODAL = ["--model.image_size", "48", "--data.image_size", "48", "--model.dropout", "0",
-              "--data.batch_size", "4", "--data.test_file", "null"]
-
-
-def config(name: str) -> list[str]:
-    return ["--config", str(ROOT / "configs" / name)]
-
-
-CASES: dict[str, list[str]] = {
-    "dpo": [*config("dpo.yaml"), *SCHEDULE, "linear", "--data.batch_size", "4", "--data.max_length", "96"],
-    "sft": ["--model", "SFT", "--data", "SFTDataModule", "--data.response_field", "chosen", "--data.batch_size", "4",
-            "--data.max_length", "96", "--data.max_prompt_length", "48", *SCHEDULE, "cosine", "--seed_everything", "0"],
-    "critic_rm": [*config("critic_rm.yaml"), *SCHEDULE, "linear", "--data.batch_size", "4"],
-    "prefix": [*config("prefix.yaml"), "--data.batch_size", "8"],  # PrefixTuning has a constant LR
-    # constant: holds the task-balanced sampler's own resume (its epoch order) apart from the schedule's
-    "multitask": ["--model", "MultiTaskEncoder", "--data", "MultiTaskDataModule", "--data.manifest",
-                  "data/multitask/tasks.json", "--data.roles", "[source]", "--data.batch_size", "8",
-                  "--model.backbone", "tiny-bert", "--seed_everything", "0"],
-    "downstream": ["--model", "DownstreamHead", "--data", "RepresentationDataModule", "--model.head", "mlp",
-                   "--model.hidden", "16", "--model.dropout", "0", "--data.batch_size", "8", *SCHEDULE, "cosine",
-                   "--seed_everything", "0"],
-    "unirex": [*config("unirex.yaml"), *SCHEDULE, "linear", "--model.dropout", "0", "--data.batch_size", "4"],
-    "multimodal_teacher": [*config("multimodal_teacher.yaml"), *SCHEDULE, "linear", *MULTIMODAL],
-    "msd": [*config("msd.yaml"), *SCHEDULE, "cosine", *MULTIMODAL, "--model.image_backbone", "timm:test_vit"],
-}
-
-
-@pytest.fixture
-def no_dropout(monkeypatch: pytest.MonkeyPatch) -> None:
-    kind, kwargs = backbones.PRESETS["tiny-bert"]
-    monkeypatch.setitem(backbones.PRESETS, "tiny-bert",
-                        (kind, {**kwargs, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}))
-
-
-# data option -> (file, rows kept): the first rows of the committed files, enough for 3 batches of 4 or 8
-FILES = {
-    "dpo": {"train_files": ("data/tiny/train.jsonl", 24), "val_files": ("data/tiny/val.jsonl", 4)},
-    "sft": {"train_files": ("data/tiny/train.jsonl", 24), "val_files": ("data/tiny/val.jsonl", 4)},
-    "critic_rm": {"train_files": ("data/critic/train.jsonl", 24), "val_files": ("data/critic/val.jsonl", 4)},
-    "unirex": {"train_files": ("data/rationale/synthetic/train.jsonl", 24),
-               "val_files": ("data/rationale/synthetic/val.jsonl", 4), "test_files": None},
-    "multimodal_teacher": {"train_file": ("data/multimodal/synthetic/train.jsonl", 24),
-                           "val_file": ("data/multimodal/synthetic/val.jsonl", 4)},
-}
-FILES["msd"] = FILES["multimodal_teacher"]
-
-
-def head(src: str, dst: Path, rows: int) -> str:
-    dst.write_text("".join((ROOT / src).read_text(encoding="utf-8").splitlines(keepends=True)[:rows]))
-    return str(dst)
-
-
-def case_args(name: str, tmp_path: Path) -> list[str]:
-    args = list(CASES[name])
-    for option, spec in FILES.get(name, {}).items():
-        args += [f"--data.{option}", "null" if spec is None else head(spec[0], tmp_path / f"{option}.jsonl", spec[1])]
-    if name in ("multimodal_teacher", "msd"):
-        args += ["--data.image_dir", str(ROOT / "data/multimodal/synthetic")]
-    if name == "prefix":
-        args += ["--model.registry", "null"]
-    if name == "downstream":
-        g = torch.Generator().manual_seed(0)
-        for split, n in (("train", 48), ("val", 8)):
-            x = torch.randn(n, 6, generator=g)
-            save_file({"embeddings": x, "labels": (x[:, 0] > 0).long()}, str(tmp_path / f"{split}.safetensors"))
-        args += ["--data.train_file", str(tmp_path / "train.safetensors"),
-                 "--data.val_file", str(tmp_path / "val.safetensors")]
-    if name == "msd":  # an untrained teacher is enough: the student's loss still depends on its outputs
-        teacher = MultimodalClassifier(image_backbone="timm:test_resnet", text_backbone="tiny-bert", image_size=48,
-                                       num_labels=2, label_names=["0", "1"], dropout=0.0)
-        teacher.export(tmp_path / "teacher")
-        args += ["--model.teacher", str(tmp_path / "teacher"), "--model.cache_dir", str(tmp_path / "cache")]
-    return args
-
 
 def fit(args: list[str], root: Path, callbacks: list[dict], *extra: str):
     return main(["fit", *args, *COMMON, "--trainer.default_root_dir", str(root),
