@@ -7,10 +7,10 @@ hold the template. Samples go to ``samples.jsonl`` in the run's log folder (one 
 ``{"step", "prompt", "completion"}``), to the logger when it takes text (TensorBoard, Weights & Biases) and to
 the console.
 
-Only rank 0 generates (other ranks go on; no collective is involved), except under DeepSpeed, whose ZeRO-3
-parameters are gathered by every rank: there all ranks generate with ``synced_gpus=True`` and rank 0 writes.
-Under FSDP the sharded root parameters cannot be used outside the wrapped forward, so generation is skipped
-with a warning.
+Only rank 0 generates (other ranks go on; no collective is involved), except where the weights are sharded and
+gathered by every rank at each forward (FSDP2 through ``core.strategies.FSDP2Strategy``, DeepSpeed ZeRO-3): there
+all ranks generate the same prompts with ``synced_gpus=True`` (a rank that has finished keeps running forwards until
+all have) and rank 0 writes. Under Lightning's FSDP1 strategy generation is skipped with a one-line warning.
 """
 
 from __future__ import annotations
@@ -105,13 +105,14 @@ class SampleGenerations(Callback):
         """Complete every prompt with the current weights; write and log the samples (rank 0). Returns them."""
         step = trainer.global_step
         self._last_step = step
-        if isinstance(trainer.strategy, (FSDPStrategy, ModelParallelStrategy)):
+        if isinstance(trainer.strategy, FSDPStrategy):
             if not self._skip_warned:
                 name = type(trainer.strategy).__name__
                 rank_zero_warn(f"SampleGenerations: generation under {name} is not supported; skipped")
                 self._skip_warned = True
             return []
-        synced = isinstance(trainer.strategy, DeepSpeedStrategy) and trainer.world_size > 1
+        sharded = isinstance(trainer.strategy, (DeepSpeedStrategy, ModelParallelStrategy))
+        synced = sharded and trainer.world_size > 1
         path = self.output_path(trainer)  # on every rank: `trainer.log_dir` broadcasts (a collective)
         if not (synced or trainer.is_global_zero):
             return []

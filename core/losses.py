@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -101,3 +102,19 @@ def task_loss(
         per_example = F.cross_entropy(logits.float(), labels.long(), reduction="none")  # (B,)
     metrics = {"task_loss": per_example.detach().mean()}
     return (per_example if reduction == "none" else per_example.mean()), metrics
+
+
+def global_token_mean(loss: Tensor, tokens: Tensor) -> Tensor:
+    """Turn this rank's token-mean ``loss`` over its ``tokens`` into its share of the token mean over all ranks.
+
+    Data-parallel gradients (DDP, FSDP2) and ``sync_dist`` logging average over the ranks, so each rank returns
+    ``sum_r / (N / world)`` with ``N`` the tokens of all ranks: the average over ranks is then ``sum / N``, the loss
+    (and gradient) of one process on the whole global batch, however the tokens fall on the ranks. A collective
+    (every rank must call it); one process: ``loss`` unchanged.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return loss
+    total = tokens.detach().to(torch.float64).reshape(1).clone()
+    dist.all_reduce(total)
+    share = (total / dist.get_world_size()).clamp(min=torch.finfo(torch.float64).tiny).to(loss.dtype)
+    return loss * tokens.detach().clamp(min=1).to(loss.dtype) / share

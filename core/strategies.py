@@ -151,6 +151,7 @@ class FSDP2Strategy(ModelParallelStrategy):
             for layer in [m for m in net.modules() if type(m) in classes]:
                 fully_shard(layer, mesh=mesh, mp_policy=inner, reshard_after_forward=self.reshard_after_forward)
             fully_shard(net, mesh=mesh, mp_policy=outer, reshard_after_forward=self.reshard_after_forward)
+            keep_output_capture(net)
             if _is_causal_lm(net):  # the suite's decoder-then-head pass is one forward of the sharded root
                 setattr(net, LM_ENTRY, MethodType(_hidden_and_logits, net))
                 register_fsdp_forward_method(net, LM_ENTRY)
@@ -160,6 +161,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         from torch.distributed.tensor import DTensor
 
         self._replicated = [p for p in self.lightning_module.parameters() if not isinstance(p, DTensor)]
+        self.precision_plugin.clip_grad_by_norm = self.clip_grad_by_norm  # sharded and replicated gradients
         if self.world_size > 1:
             with torch.no_grad():
                 for p in self._replicated:  # every rank starts from rank 0's copy, as DDP does
@@ -189,6 +191,27 @@ class FSDP2Strategy(ModelParallelStrategy):
             n = p.grad.numel()
             p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
             offset += n
+
+    def clip_grad_by_norm(self, optimizer: torch.optim.Optimizer, clip_val: float) -> None:
+        """``--trainer.gradient_clip_val``: scale all gradients so that their global L2 norm is at most ``clip_val``.
+        The norm sums the squares of every rank's shards (one all-reduce) and, once, of the replicated gradients
+        (equal on every rank after :meth:`post_backward`); ``clip_grad_norm_`` cannot mix the two kinds."""
+        from torch.distributed.tensor import DTensor
+
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        sharded = torch.zeros((), dtype=torch.float32, device=self.root_device)
+        whole = torch.zeros((), dtype=torch.float32, device=self.root_device)
+        for g in grads:
+            if isinstance(g, DTensor):
+                sharded += g.to_local().float().pow(2).sum()
+            else:
+                whole += g.float().pow(2).sum()
+        if self.world_size > 1:
+            dist.all_reduce(sharded)
+        total = (sharded + whole).sqrt()
+        scale = (clip_val / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            (g.to_local() if isinstance(g, DTensor) else g).mul_(scale.to(g.dtype))
 
     # ---------------------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any = None) -> None:
@@ -241,13 +264,37 @@ class FSDP2Strategy(ModelParallelStrategy):
         set_model_state_dict(self.model, state["state_dict"], options=StateDictOptions(strict=False))
         for idx, opt in enumerate(self.optimizers):
             key = f"optimizer_{idx}"
-            opt_state = {key: get_optimizer_state_dict(self.model, opt)}
-            dcp.load(opt_state, checkpoint_id=path)
-            set_optimizer_state_dict(self.model, opt, optim_state_dict=opt_state[key],
-                                     options=StateDictOptions(cpu_offload=True))
+            stored = saved_keys(path, key)
+            opt_state = get_optimizer_state_dict(self.model, opt)
+            # A parameter that had not stepped when the checkpoint was written (a multitask head whose task had not
+            # come up yet) has no state there, and gets none now, as in the uninterrupted run.
+            opt_state["state"] = {fqn: st for fqn, st in opt_state["state"].items()
+                                  if all(f"state.{fqn}.{k}" in stored for k in st)}
+            holder = {key: opt_state}
+            dcp.load(holder, checkpoint_id=path)
+            set_optimizer_state_dict(self.model, opt, optim_state_dict=holder[key],
+                                     options=StateDictOptions(cpu_offload=True, strict=False))
         from lightning.fabric.utilities.load import _METADATA_FILENAME
 
         return torch.load(path / _METADATA_FILENAME, map_location="cpu", weights_only=True)
+
+
+def keep_output_capture(net: nn.Module) -> None:
+    """Let a sharded Hugging Face model still return what it records (``output_attentions``,
+    ``output_hidden_states``). ``fully_shard`` swaps each sharded module's class for a subclass (``BertModel`` ->
+    ``FSDPBertModel``), and transformers (5.x) finds a model's recordable outputs (``_can_record_outputs``) by its
+    class's name, which the subclass lacks: its forward would return ``attentions=None``. Registering each model under
+    its new class, as ``PreTrainedModel.__init__`` does under the old one, restores them. No-op where transformers has
+    no such registry."""
+    from transformers import PreTrainedModel
+
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # older transformers: the modules return their outputs themselves
+        return
+    for m in net.modules():
+        if isinstance(m, PreTrainedModel) and not _CAN_RECORD_REGISTRY.get(m):
+            _CAN_RECORD_REGISTRY[m] = m._can_record_outputs
 
 
 def _is_causal_lm(net: nn.Module) -> bool:

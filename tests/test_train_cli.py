@@ -190,25 +190,13 @@ def test_validate_test_predict_subcommands(tmp_path: Path) -> None:
 
 def test_config_file_and_presets_compose(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for preset, expected in [("cpu", "strategy: auto"), ("ddp", "strategy: ddp"),
-                             ("fsdp", "HFFSDPStrategy"), ("deepspeed", "deepspeed_stage_2"),
-                             ("deepspeed_stage3", "deepspeed_stage_3")]:
+                             ("fsdp", "core.strategies.FSDP2Strategy"), ("fsdp_cpu", "core.strategies.FSDP2Strategy")]:
         with pytest.raises(SystemExit) as exit_info:
             main(["fit", "--config", str(ROOT / "configs/dpo.yaml"), "--config",
                   str(ROOT / f"configs/trainer/{preset}.yaml"), "--print_config"])
         assert exit_info.value.code == 0
         printed = capsys.readouterr().out
         assert expected in printed and "class_path: lightning_modules.DPO" in printed
-
-
-def test_fsdp_wraps_the_hf_decoder_layer() -> None:
-    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
-
-    from core.strategies import decoder_layer_classes
-    from lightning_modules import DPO
-
-    assert decoder_layer_classes(DPO(backbone="tiny-llama", reference="precomputed")) == {LlamaDecoderLayer}
-    with pytest.raises(ValueError, match="NoSuchLayer"):
-        decoder_layer_classes(DPO(backbone="tiny-llama", reference="precomputed"), ["NoSuchLayer"])
 
 
 def _cli_error(tmp_path: Path, capsys: pytest.CaptureFixture, *extra: str) -> str:

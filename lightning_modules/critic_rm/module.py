@@ -16,17 +16,28 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from core.backbones import Dtype, LoraSpec, apply_lora, build_causal_lm, check_model_name, load_tokenizer, unwrap_peft
+from core.backbones import (
+    Dtype,
+    LoraSpec,
+    apply_lora,
+    build_causal_lm,
+    check_model_name,
+    hidden_and_logits,
+    load_tokenizer,
+    unwrap_peft,
+)
 from core.chat import DEFAULT_CRITIQUE_INSTRUCTION
 from core.checkpointing import TrainableOnlyCheckpoints
 from core.errors import ConfigError
-from core.losses import response_nll
+from core.losses import global_token_mean, response_nll
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 from lightning_modules.critic_rm.loss import Schedule, critic_rm_loss
 from lightning_modules.critic_rm.loss import critique_weight as scheduled_weight
 from lightning_modules.critic_rm.metrics import PairwiseAccuracy, RewardBenchAccuracy
@@ -51,8 +62,14 @@ class RewardHead(nn.Module):
     def forward(self, h: Tensor) -> Tensor:  # (N, H) -> (N,)
         return self.net(h).squeeze(-1)
 
+    @property
+    def offset(self) -> nn.Parameter:
+        """The bias of the last layer: a constant added to every reward."""
+        last = self.net[-1] if isinstance(self.net, nn.Sequential) else self.net
+        return last.bias
 
-class CriticRM(TrainableOnlyCheckpoints, LightningModule):
+
+class CriticRM(Shardable, TrainableOnlyCheckpoints, LightningModule):
     """Critic-RM (joint critique generation + reward), or the plain reward model with ``use_critiques=False``.
 
     Args:
@@ -140,13 +157,27 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
     def _inner(self) -> nn.Module:
         return unwrap_peft(self.policy)
 
-    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
-        """Last-layer hidden states (N, T, H); positions from the mask when not given (left padding too)."""
+    def hidden_and_logits(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None,
+                          logits_at: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """One pass of the LM: last-layer hidden states (N, T, H) and the LM head's logits (P, V) at the flat
+        positions ``logits_at`` (P,) of the (N*T) grid only (None: no logits). Positions come from the mask when
+        not given (left padding too). Under FSDP2 this is a forward of the sharded model (weights gathered around
+        it): the decoder and the head are never called directly."""
         if position_ids is None:
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (N, T)
-        return self._inner().get_decoder()(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
-        ).last_hidden_state
+        return hidden_and_logits(self._inner(), logits_at, input_ids=input_ids, attention_mask=attention_mask,
+                                 position_ids=position_ids)
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor | None = None) -> Tensor:
+        """Last-layer hidden states (N, T, H); positions from the mask when not given (left padding too)."""
+        return self.hidden_and_logits(input_ids, attention_mask, position_ids)[0]
+
+    def _sharded(self) -> bool:
+        """The policy is sharded by FSDP2 over more than one process (its passes are collectives)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        return (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+                and any(isinstance(m, FSDPModule) for m in self.policy.modules()))
 
     def rewards(self, hidden: Tensor, attention_mask: Tensor) -> Tensor:
         """The reward head on each row's last real token: (N, T, H), (N, T) -> (N,)."""
@@ -154,9 +185,13 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (N, H)
         return self.reward_head(h.to(next(self.reward_head.parameters()).dtype))
 
-    def critique_nll(self, hidden: Tensor, batch: dict[str, Any]) -> Tensor:
+    def critique_nll(self, hidden: Tensor | None, batch: dict[str, Any], logits: Tensor | None = None) -> Tensor:
+        """Token-mean NLL of the critique tokens, from their ``logits`` (M, V) (:meth:`hidden_and_logits` at the flat
+        positions of ``critique_mask``) or, without them, from ``hidden`` (N, T, H) through the LM head (a direct
+        call: unsharded models only)."""
         mask = batch["critique_mask"]  # (N, T)
-        logits = self._inner().get_output_embeddings()(hidden[mask])  # (M, V): critique predictions only
+        if logits is None:
+            logits = self._inner().get_output_embeddings()(hidden[mask])  # (M, V): critique predictions only
         return response_nll(logits, batch["targets"][mask], mask.new_ones(logits.shape[0]))[0]
 
     # ------------------------------------------------------------------------------------------------- loss
@@ -169,12 +204,27 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         return scheduled_weight(self.global_step, self._total_steps, h.critique_schedule, h.critique_weight,
                                   h.critique_weight_end)
 
-    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"], batch["position_ids"])  # (2B, T, H)
+    def _loss(self, batch: dict[str, Any], global_batch: bool = False) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of ``batch``. ``global_batch`` (training: every rank calls it in step): the critique NLL is the
+        token mean over all ranks' critiques (each rank returns its share, see
+        :func:`~core.losses.global_token_mean`), and it counts only when every rank's batch has
+        critiques, as for one process on the whole global batch."""
+        teacher = bool(self.hparams.use_critiques and batch["has_critiques"])
+        mask = batch["critique_mask"] if teacher else None  # (2B, T)
+        tokens = mask.sum() if teacher else None
+        if global_batch and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flag = torch.tensor([float(teacher)], device=batch["input_ids"].device)
+            dist.all_reduce(flag)  # every rank's batch has critiques?
+            teacher = int(flag.item()) == dist.get_world_size()
+        hidden, logits = self.hidden_and_logits(  # (2B, T, H) and (M, V) at the critique predictions only
+            batch["input_ids"], batch["attention_mask"], batch["position_ids"],
+            logits_at=mask.reshape(-1).nonzero().squeeze(-1) if teacher else None,
+        )
         r = self.rewards(hidden, batch["attention_mask"])  # (2B,)
         b = r.shape[0] // 2
-        teacher = self.hparams.use_critiques and batch["has_critiques"]
-        nll = self.critique_nll(hidden, batch) if teacher else None
+        nll = self.critique_nll(None, batch, logits=logits) if teacher else None
+        if nll is not None and global_batch:
+            nll = global_token_mean(nll, tokens)
         lam = self.current_critique_weight() if teacher else 0.0
         return critic_rm_loss(r[:b], r[b:], nll, lam, centering=self.hparams.centering)
 
@@ -196,8 +246,18 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         # (a mid-epoch resume would restart the epoch; core/optim.py).
         self._total_steps = None
 
+    def on_after_backward(self) -> None:
+        """Bradley-Terry sees only reward differences, so without centering the loss does not depend on the reward
+        head's last bias: its exact gradient is zero. Autograd's sum of the +/- pair gradients leaves round-off
+        (~1e-9) that Adam would normalise into steps of about lr in a direction set by the summation order (it
+        differs between batch sizes and process counts); the exact zero keeps the bias where it is."""
+        if self.hparams.centering == 0:
+            grad = self.reward_head.offset.grad
+            if grad is not None:
+                grad.zero_()
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, metrics = self._loss(batch)
+        loss, metrics = self._loss(batch, global_batch=True)
         b = batch["index"].numel()
         self.log("train/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
         self.log_dict({f"train/{k}": v.float().mean() for k, v in metrics.items()}, batch_size=b, sync_dist=True)
@@ -231,6 +291,8 @@ class CriticRM(TrainableOnlyCheckpoints, LightningModule):
         self.policy.eval()
         with torch.random.fork_rng(devices=[] if ids.device.type == "cpu" else [ids.device]):
             torch.manual_seed((h.init_seed * 1_000_003 + seed) * 1_009 + self.global_rank)  # ranks sample apart
+            if self._sharded():  # a rank that has finished keeps running forwards until all have (FSDP gathers)
+                kwargs["synced_gpus"] = True
             out = self.policy.generate(input_ids=ids, attention_mask=mask, **kwargs)  # (N*m, T'')
         self.policy.train(was_training)
         new = out[:, ids.shape[1]:]  # (N*m, G)

@@ -15,13 +15,23 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics import MeanMetric
 
-from core.backbones import Dtype, LoraSpec, apply_lora, build_causal_lm, check_model_name, load_tokenizer, unwrap_peft
+from core.backbones import (
+    Dtype,
+    LoraSpec,
+    apply_lora,
+    build_causal_lm,
+    check_model_name,
+    hidden_and_logits,
+    load_tokenizer,
+    unwrap_peft,
+)
 from core.checkpointing import TrainableOnlyCheckpoints
-from core.losses import response_nll
+from core.losses import global_token_mean, response_nll
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 
 
-class SFT(TrainableOnlyCheckpoints, LightningModule):
+class SFT(Shardable, TrainableOnlyCheckpoints, LightningModule):
     """Supervised fine-tuning (token-mean NLL of responses).
 
     Args:
@@ -63,16 +73,17 @@ class SFT(TrainableOnlyCheckpoints, LightningModule):
         self.val_nll = MeanMetric()
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
-        inner = unwrap_peft(self.policy)
-        hidden = inner.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state  # (B, T, H)
+        """This rank's token-mean response NLL and its token count."""
         mask = batch["loss_mask"]  # (B, T): position t predicts a response token at t + 1
-        logits = inner.get_output_embeddings()(hidden[mask])  # (N, V): only where a response token is predicted
+        positions = mask.reshape(-1).nonzero().squeeze(-1)  # (N,) flat positions in the (B*T) grid, row-major
+        _, logits = hidden_and_logits(  # (N, V): the head runs only where a response token is predicted
+            unwrap_peft(self.policy), positions, input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+        )
         return response_nll(logits, batch["targets"][mask], mask.new_ones(logits.shape[0]))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss, metrics = self._loss(batch)
+        loss = global_token_mean(loss, metrics["tokens"])  # ranks' tokens differ: the global batch's token mean
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0], sync_dist=True)
         return loss
 

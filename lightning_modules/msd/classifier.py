@@ -10,6 +10,9 @@ distil a large vision-language classifier into a smaller one. Here teacher and s
 - ``cross_attention``: text tokens attend to the image's patch / feature-map tokens (one token when the timm model
   has only a pooled vector) in one pre-norm ``nn.MultiheadAttention`` block with a feed-forward, then are pooled.
 
+Under FSDP2 the text encoder (a Hugging Face model) is sharded and the rest stays whole on each rank, its batch
+norms then normalising over the global batch (:class:`GlobalBatchNorm`): :meth:`MultimodalClassifier.configure_model`.
+
 :class:`MultimodalClassifier` trains one such network on its own (``lm-suite fit --model MultimodalClassifier``),
 which is how an MSD teacher is made: cross-entropy (single-label) or BCE (multi-label), metrics ``accuracy``,
 ``f1_macro`` and ``auroc`` (single-label) or ``f1_micro`` and ``f1_macro`` (multi-label, threshold 0.5).
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.distributed as dist
 from lightning.pytorch import LightningModule
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -42,6 +46,7 @@ from core.heads import check_first_token_pooling, pool
 from core.io import atomic_path
 from core.losses import task_loss
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 
 Fusion = Literal["concat", "cross_attention"]
 Pooling = Literal["cls", "mean"]
@@ -115,6 +120,71 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
         kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state  # (B, T, H)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch normalisation over the global batch: in training, with more than one process, the statistics are those
+    of all ranks' rows together (a differentiable all-reduce of the per-channel sums, then of the centred squares),
+    so the output, the gradients and the running statistics are those of one process on the whole batch. PyTorch's
+    ``SyncBatchNorm`` does this on GPUs only; this one runs on any backend (gloo included). Evaluation, or one
+    process, is plain batch norm. :func:`globalise_batch_norm` turns a model's batch norms into these in place (same
+    parameters, buffers and state-dict names)."""
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        from torch.distributed._functional_collectives import all_reduce  # differentiable: sums the gradients too
+
+        self._check_input_dim(input)
+        dims = [d for d in range(input.ndim) if d != 1]  # all but the channels
+        shape = [1, -1] + [1] * (input.ndim - 2)
+        x = input.float()
+        count = x.new_tensor([x.numel() // x.shape[1]], dtype=torch.float32)
+        world = dist.group.WORLD
+        total = all_reduce(torch.cat([x.sum(dims), count]), "sum", world)  # (C + 1,): channel sums, global rows
+        n = total[-1]
+        mean = total[:-1] / n  # (C,)
+        centred = x - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims), "sum", world) / n  # (C,) biased, as batch norm normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_mean.mul_(1 - factor).add_(mean.to(self.running_mean.dtype), alpha=factor)
+                self.running_var.mul_(1 - factor).add_(unbiased.to(self.running_var.dtype), alpha=factor)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(input.dtype)
+
+
+class GlobalBatchNorm1d(GlobalBatchNorm, nn.BatchNorm1d):
+    pass
+
+
+class GlobalBatchNorm2d(GlobalBatchNorm, nn.BatchNorm2d):
+    pass
+
+
+class GlobalBatchNorm3d(GlobalBatchNorm, nn.BatchNorm3d):
+    pass
+
+
+GLOBAL_BATCH_NORM = {nn.BatchNorm1d: GlobalBatchNorm1d, nn.BatchNorm2d: GlobalBatchNorm2d,
+                     nn.BatchNorm3d: GlobalBatchNorm3d}
+
+
+def globalise_batch_norm(model: nn.Module) -> int:
+    """Make every plain batch norm of ``model`` (1d, 2d, 3d) a :class:`GlobalBatchNorm`, in place (its class
+    changes; parameters and buffers stay); returns how many. Subclasses with a forward of their own (timm's
+    ``BatchNormAct2d``) are left as they are."""
+    done = 0
+    for m in model.modules():
+        if type(m) in GLOBAL_BATCH_NORM:
+            m.__class__ = GLOBAL_BATCH_NORM[type(m)]
+            done += 1
+    return done
 
 
 class CrossAttentionFusion(nn.Module):
@@ -206,7 +276,7 @@ def classification_metrics(num_labels: int, multi_label: bool) -> MetricCollecti
     })
 
 
-class MultimodalClassifier(LightningModule):
+class MultimodalClassifier(Shardable, LightningModule):
     """An image-text classifier trained on the task loss: a standalone model, and how MSD's teacher is made.
 
     Args:
@@ -319,6 +389,24 @@ class MultimodalClassifier(LightningModule):
             raise ConfigError("MultimodalClassifier needs num_labels, or a datamodule with `num_labels`")
         self._build(int(num_labels), bool(found["multi_label"] if h.multi_label is None else h.multi_label))
         self._record_label_names(dm)
+
+    def configure_model(self) -> None:
+        """Under FSDP2 (:class:`~core.strategies.Shardable`): the text encoder (a Hugging Face model) is sharded, one
+        FSDP unit per layer; the timm image encoder, fusion and head stay whole on each rank (the strategy averages
+        their gradients). The image encoder's batch norms then normalise over the global batch
+        (:class:`GlobalBatchNorm`), so that a sharded run trains as one process on the whole batch does, instead of
+        each rank normalising its own rows. Runs after :meth:`setup`, which builds the network."""
+        super().configure_model()
+        trainer = getattr(self, "_trainer", None)
+        if self.net is not None and trainer is not None and self._sharded(trainer.strategy) \
+                and trainer.world_size > 1:
+            globalise_batch_norm(self.net.image)
+
+    @staticmethod
+    def _sharded(strategy: Any) -> bool:
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        return isinstance(strategy, ModelParallelStrategy)
 
     def _record_label_names(self, dm: Any) -> None:
         names = getattr(dm, "label_names", None)

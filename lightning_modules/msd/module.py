@@ -30,6 +30,12 @@ statistics, the image-only and text-only rows included; the default student (a V
 runs on rank 0 while the other ranks wait: under DDP train the teacher first when it takes longer than the process
 group's timeout.
 
+Sharded training (FSDP2, ``configs/trainer/fsdp.yaml``): the student's text encoder is sharded, its image encoder,
+fusion and head stay whole on each rank (:meth:`MultimodalClassifier.configure_model`). The teacher is not: it stays
+outside the module tree, frozen and whole on each rank, and is only used to fill the output cache at setup (each rank
+its shard of the rows) or, ``live``, for a no-grad forward per batch. ``weighting: learned`` cannot be sharded (its
+lookahead step takes the whole student on each rank) and is refused in one line when the trainer is made.
+
 Saliencies are logged per epoch as histograms (TensorBoard when that is the logger; always appended to
 ``<log_dir>/saliency_histograms.jsonl``). ``callbacks.ExportModel`` saves the distilled student alone (config +
 safetensors), which ``MultimodalClassifier.load`` reads without the teacher.
@@ -139,6 +145,18 @@ class MSD(MultimodalClassifier):
         self.weight_net = self.scheme.net  # registered (learned): trains, checkpoints as `weight_net.*`, moves along
         self.teacher: _Teacher | None = None
         self._saliencies: list[Tensor] = []  # this epoch's (B, M) teacher saliencies, for the histograms
+
+    @property
+    def supports_sharding(self) -> bool:  # type: ignore[override]
+        """FSDP2 shards the student's text encoder, except under ``learned`` weights, whose lookahead step needs the
+        whole student on each rank: :func:`core.strategies.check_sharding` then refuses the run in one line when
+        the trainer is made (:attr:`sharding_refusal`), before the teacher or the data load."""
+        return not self.scheme.whole_student
+
+    @property
+    def sharding_refusal(self) -> str:
+        return (f"weighting={self.hparams.weighting} needs the whole student on each rank for its lookahead step "
+                "(a functional_call over all its parameters)")
 
     # ---------------------------------------------------------------------------------------------- teacher
     def setup(self, stage: str) -> None:
@@ -290,14 +308,15 @@ class MSD(MultimodalClassifier):
 
     def _log_step(self, loss: Tensor, parts: dict[str, Tensor], saliency: Tensor | None, weights: Tensor | None,
                   batch_size: int) -> None:
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size)
+        # Means over each rank's rows, averaged over the ranks (equal batches): the global batch's, as one process logs.
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=batch_size, sync_dist=True)
         logged = dict(parts)
         for m, name in enumerate(MODALITIES):
             if saliency is not None:
                 logged[f"saliency_{name}"] = saliency[:, m].mean()
             if weights is not None:
                 logged[f"weight_{name}"] = weights[:, m].mean()
-        self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=batch_size)
+        self.log_dict({f"train/{k}": v for k, v in logged.items()}, batch_size=batch_size, sync_dist=True)
         if saliency is not None:
             self._saliencies.append(saliency.detach())  # joined at the epoch's end: no host sync per step
 

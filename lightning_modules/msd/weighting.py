@@ -58,6 +58,7 @@ class WeightingScheme(ABC):
     modality_terms: ClassVar[bool] = True  # False: plain KD, the models see the full input only
     manual_optimization: ClassVar[bool] = False  # True: the scheme steps an optimiser of its own inside the step
     needs_training_outputs: ClassVar[bool] = False  # True: the teacher's outputs on every row, even when it is live
+    whole_student: ClassVar[bool] = False  # True: needs every parameter of the student on each rank (no sharding)
     net: nn.Module | None = None  # what trains with the student (the module registers it as ``weight_net``)
 
     def __init__(self, saliency: SaliencyKind = "kl") -> None:
@@ -195,6 +196,7 @@ class Learned(WeightingScheme):
     """
 
     manual_optimization = True
+    whole_student = True  # the lookahead step is a functional_call over all the student's parameters
 
     def __init__(self, saliency: SaliencyKind = "kl", lr: float = 1e-2, inner_lr: float | None = None,
                  every: int = 1, hidden: int = 16, seed: int | None = None) -> None:

@@ -37,6 +37,10 @@ class DownstreamHead(LightningModule):
         lr, weight_decay, warmup_steps, lr_schedule: AdamW and its schedule (``core/optim.py``).
     """
 
+    # A few small layers on fixed feature vectors: no transformer, nothing for FSDP2 to shard (core/strategies.py).
+    supports_sharding = False
+    sharding_refusal = "a small head on fixed feature vectors has no transformer to shard"
+
     def __init__(
         self,
         head: Literal["linear", "mlp"] = "linear",

@@ -21,6 +21,7 @@ from core.backbones import PRESETS, build_encoder, check_model_name, load_tokeni
 from core.errors import ConfigError
 from core.heads import pool
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 from lightning_modules.prefix.loss import head_loss
 from lightning_modules.prefix.networks import (
     Prefix,
@@ -34,7 +35,7 @@ from lightning_modules.prefix.networks import (
 ENCODER = "encoder."  # state-dict prefix of the frozen weights, kept out of checkpoints
 
 
-class PrefixTuning(LightningModule):
+class PrefixTuning(Shardable, LightningModule):
     """Prefix-tuning (Li & Liang 2021) of one task on a frozen BERT-style encoder.
 
     Args:
@@ -157,15 +158,20 @@ class PrefixTuning(LightningModule):
         return self.prefix.materialize(name=self.hparams.task)
 
     def on_train_end(self) -> None:
-        if self.hparams.registry is None or not self.trainer.is_global_zero:
+        if self.hparams.registry is None:
+            return
+        backbone = self.hparams.backbone
+        # Every rank hashes the encoder: a sharded (FSDP2) encoder's weights are gathered by all ranks together, so
+        # rank 0 alone would wait forever.
+        fingerprint = model_fingerprint(self.encoder, backbone)
+        if not self.trainer.is_global_zero:
             return
         from lightning_modules.prefix.registry import save_prefix
 
         metrics = {k: float(v) for k, v in self.trainer.callback_metrics.items() if torch.as_tensor(v).numel() == 1}
-        backbone = self.hparams.backbone
         save_prefix(
             self.hparams.registry, self.hparams.task, self.materialize(), task=self.hparams.task, backbone=backbone,
-            encoder_fingerprint=model_fingerprint(self.encoder, backbone), pooling=self.hparams.pooling,
+            encoder_fingerprint=fingerprint, pooling=self.hparams.pooling,
             reparameterized=self.hparams.reparameterize, metrics=metrics,
             encoder_seed=self.hparams.init_seed if backbone in PRESETS else None,
         )

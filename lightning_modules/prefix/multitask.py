@@ -22,10 +22,11 @@ from core.errors import ConfigError
 from core.heads import eval_metrics, pool
 from core.io import atomic_path
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 from lightning_modules.prefix.loss import head_loss
 
 
-class MultiTaskEncoder(LightningModule):
+class MultiTaskEncoder(Shardable, LightningModule):
     """A shared encoder fine-tuned on several tasks, one linear head each (``num_labels == 1``: regression).
 
     Args:

@@ -167,7 +167,7 @@ def encode(
     if keys.ndim == 4:  # (L, H, P, D): the same prefix for every row
         keys = keys.unsqueeze(1).expand(-1, batch, -1, -1, -1)  # (L, B, H, P, D)
         values = values.unsqueeze(1).expand(-1, batch, -1, -1, -1)
-    dtype = next(encoder.parameters()).dtype
+    dtype = compute_dtype(encoder)
     keys, values = keys.to(input_ids.device, dtype), values.to(input_ids.device, dtype)  # (L, B, H, P, D)
     n_prefix = keys.shape[3]
     if prefix_mask is None:
@@ -181,6 +181,18 @@ def encode(
     out = encoder(input_ids=input_ids, attention_mask=mask, token_type_ids=token_type_ids, position_ids=position_ids,
                   **{_cache_kwarg(encoder): cache})
     return out.last_hidden_state  # (B, T, hidden)
+
+
+def compute_dtype(encoder: nn.Module) -> torch.dtype:
+    """The dtype ``encoder`` computes in, which the prefix keys/values must have: FSDP2's ``param_dtype`` when the
+    encoder is sharded with mixed precision (its parameters then stay fp32 while the attention runs in e.g. bf16, and
+    FSDP casts tensor inputs only, not the cache), else its parameters' dtype."""
+    get_state = getattr(encoder, "_get_fsdp_state", None)  # torch.distributed.fsdp.FSDPModule
+    if callable(get_state):
+        dtype = getattr(getattr(get_state(), "_mp_policy", None), "param_dtype", None)
+        if dtype is not None:
+            return dtype
+    return next(encoder.parameters()).dtype
 
 
 def _cache_kwarg(encoder: nn.Module) -> str:

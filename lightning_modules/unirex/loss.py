@@ -17,7 +17,7 @@ Every loss here takes plain tensors and returns ``(loss, metrics)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import torch
@@ -122,7 +122,8 @@ def sufficiency_loss(
 
 
 def plausibility_loss(
-    logits: Tensor, gold: Tensor, mask: Tensor, pos_weight: float | None = None
+    logits: Tensor, gold: Tensor, mask: Tensor, pos_weight: float | None = None,
+    sum_over_processes: Callable[[Tensor], Tensor] | None = None, processes: int = 1,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Token-level BCE between extractor logits and human rationales over the ``mask`` tokens.
 
@@ -130,14 +131,23 @@ def plausibility_loss(
     batch (1 when there is no positive). The loss is the weighted BCE summed over masked tokens divided by their
     number; with no masked token it is 0 (still attached to the graph, so every parameter gets a gradient).
     logits, gold: (N, T); mask: (N, T) bool.
+
+    Data parallel (``processes`` > 1, each holding a slice of the global batch): ``sum_over_processes`` sums the
+    token counts over the processes (every process calls it once), so the positive weight and the normaliser are
+    the global batch's, and each process returns ``processes * local sum / global count``: the mean over processes
+    that the gradient averaging takes is then the one-process loss of the global batch, whatever the split.
     """
     mask = mask.bool()
-    n = mask.sum()
-    positives = (gold.bool() & mask).sum()
+    counts = torch.stack([mask.sum(), (gold.bool() & mask).sum()])  # (2,): masked tokens, positives among them
+    if sum_over_processes is not None:
+        counts = sum_over_processes(counts)
+    n, positives = counts[0], counts[1]
     if pos_weight is None:
         weight = (n - positives).float() / positives.float() if positives > 0 else torch.ones((), device=logits.device)
     else:
         weight = torch.tensor(float(pos_weight), device=logits.device)
     per = F.binary_cross_entropy_with_logits(logits.float(), gold.float(), pos_weight=weight, reduction="none")
     loss = (per * mask).sum() / n.clamp(min=1)
+    if processes > 1:
+        loss = loss * processes
     return loss, {"plaus_pos_weight": weight.detach(), "plaus_tokens": n.detach().float()}

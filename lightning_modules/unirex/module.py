@@ -46,6 +46,7 @@ from core.errors import ConfigError
 from core.heads import check_first_token_pooling
 from core.io import atomic_write_text
 from core.optim import OptimSpec, configure_adamw
+from core.strategies import Shardable
 from lightning_modules.unirex.loss import (
     CompCriterion,
     SuffCriterion,
@@ -72,7 +73,7 @@ TOKEN_KEYS = ("input_ids", "attention_mask", "token_type_ids", "candidate_mask",
 DEFAULT_TOPK = [1.0, 5.0, 10.0, 20.0, 50.0]
 
 
-class UNIREX(LightningModule):
+class UNIREX(Shardable, LightningModule):
     """Task model + rationale extractor trained with task, comprehensiveness, sufficiency and plausibility losses.
 
     Args:
@@ -232,6 +233,24 @@ class UNIREX(LightningModule):
             for loop in (t.validate_loop, t.test_loop, t.predict_loop, t.fit_loop.epoch_loop.val_loop):
                 loop.inference_mode = False
 
+    def configure_model(self) -> None:
+        """Under FSDP2, shard the task encoder and a separate extractor encoder (:class:`Shardable`), then register
+        the word-embedding lookup of the attributions as a forward of the FSDP unit that holds the embeddings."""
+        super().configure_model()
+        if self.task is not None:
+            self.task.register_sharded_embed()
+
+    def _processes(self) -> int:
+        """Processes that split each global batch (data parallel), 1 without a trainer."""
+        trainer = self._trainer
+        return trainer.world_size if trainer is not None else 1
+
+    def _sum_over_processes(self, value: Tensor) -> Tensor:
+        """``value`` summed over the data-parallel processes (a collective: every rank calls it)."""
+        if self._processes() <= 1:
+            return value
+        return self.trainer.strategy.reduce(value.clone(), reduce_op="sum")
+
     # -------------------------------------------------------------------------------------------- pieces
     def _rows(self, batch: dict[str, Any]) -> dict[str, Tensor]:
         """The batch's token tensors as option rows (N, T): N = B, or B * C for multiple choice."""
@@ -276,11 +295,14 @@ class UNIREX(LightningModule):
                                   token_type_ids=None if types is None else types.repeat(reps, 1))
             return out.gather(1, targets.repeat(reps, 1)).squeeze(1)  # (M,)
 
-        embeds = self.task.embed(rows["input_ids"])  # (N, T, H)
+        ids = rows["input_ids"]
         baseline = None
-        if kind == "integrated_gradients":
-            pad = self.task.embed(torch.full_like(rows["input_ids"], self.tokenizer.pad_token_id))
-            baseline = torch.where(rows["candidate_mask"].unsqueeze(-1), pad, embeds).detach()
+        if kind == "integrated_gradients":  # the inputs and the [PAD] baseline in one lookup
+            pad = torch.full_like(ids, self.tokenizer.pad_token_id)
+            embeds, pad_embeds = self.task.embed(torch.cat([ids, pad])).split(n)  # (N, T, H) each
+            baseline = torch.where(rows["candidate_mask"].unsqueeze(-1), pad_embeds, embeds)
+        else:
+            embeds = self.task.embed(ids)  # (N, T, H)
         with torch.enable_grad():
             return gradient_attribution(score_fn, embeds, kind, baseline, self.hparams.ig_steps)
 
@@ -342,7 +364,7 @@ class UNIREX(LightningModule):
         if h.plaus_weight > 0:
             has = batch["has_rationale"].bool().repeat_interleave(rows["input_ids"].shape[0] // b)  # (N,)
             plaus, _ = plausibility_loss(scores, rows["rationale"], rows["candidate_mask"] & has.unsqueeze(1),
-                                         h.plaus_pos_weight)
+                                         h.plaus_pos_weight, self._sum_over_processes, self._processes())
             loss = loss + h.plaus_weight * plaus
             logs["plaus_loss"] = plaus.detach()
         elif self.scorer is not None:

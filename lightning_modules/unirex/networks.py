@@ -30,6 +30,8 @@ ExtractorKind = Literal[
     "learned", "saliency", "input_x_gradient", "integrated_gradients", "attention", "random", "gold"
 ]
 GRADIENT_METHODS = ("saliency", "input_x_gradient", "integrated_gradients")
+# The forward method of the FSDP unit holding the input embeddings that looks up word embeddings (TaskModel.embed).
+EMBED_ENTRY = "unirex_word_embeddings"
 
 
 class TaskModel(nn.Module):
@@ -46,10 +48,36 @@ class TaskModel(nn.Module):
         self.encoder, self.pooling = encoder, pooling
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_outputs)
+        self._embed_owner: str | None = None  # the sharded unit holding the embeddings (register_sharded_embed)
 
     def embed(self, input_ids: Tensor) -> Tensor:
-        """Word embeddings of ``input_ids`` (N, T) -> (N, T, H): where attributions are taken."""
-        return self.encoder.get_input_embeddings()(input_ids)
+        """Word embeddings of ``input_ids`` (N, T) -> (N, T, H), detached: where attributions are taken.
+
+        Under FSDP2 the lookup runs as a registered forward of the unit that holds the embedding table (see
+        :meth:`register_sharded_embed`), which gathers the table around it; elsewhere it reads the table directly.
+        """
+        with torch.no_grad():  # attributions start from these values; no gradient flows back into the table
+            if self._embed_owner is not None:
+                return getattr(self.encoder.get_submodule(self._embed_owner), EMBED_ENTRY)(input_ids)
+            return self.encoder.get_input_embeddings()(input_ids)
+
+    def register_sharded_embed(self) -> None:
+        """Once the encoder is sharded (FSDP2 ``fully_shard``), make :meth:`embed` a forward method of the innermost
+        FSDP unit holding the input embeddings (``BertEmbeddings`` when it is its own unit, else the encoder's
+        root): only inside a forward does FSDP gather that unit's weights. No-op for an unsharded encoder."""
+        from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+        table = self.encoder.get_input_embeddings()
+        owners = [(name, m) for name, m in self.encoder.named_modules()
+                  if isinstance(m, FSDPModule) and any(sub is table for sub in m.modules())]
+        if not owners:
+            return
+        name, owner = owners[-1]  # named_modules goes outside in: the last one is the innermost
+        if self._embed_owner == name:
+            return
+        owner.__dict__[EMBED_ENTRY] = table.forward  # a plain attribute, not a submodule: state_dict unchanged
+        register_fsdp_forward_method(owner, EMBED_ENTRY)
+        self._embed_owner = name
 
     def forward(self, attention_mask: Tensor, input_ids: Tensor | None = None, token_type_ids: Tensor | None = None,
                 inputs_embeds: Tensor | None = None, output_attentions: bool = False) -> tuple[Tensor, Tensor, object]:

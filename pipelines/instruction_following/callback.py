@@ -9,8 +9,9 @@ Following Evaluation for Large Language Models"): prompt-level and instruction-l
 Under data parallelism (DDP, DeepSpeed ZeRO 1/2) each rank answers its own shard of the prompts
 (``prompts[rank::world_size]``) with its full copy of the weights; the scored rows are gathered
 (``torch.distributed.all_gather_object``) so that every rank computes the same accuracies over all prompts.
-Sharded weights (FSDP, model parallelism, DeepSpeed ZeRO stage 3) are out of scope: the callback raises
-:class:`~core.errors.ConfigError` at setup.
+Sharded weights (FSDP2, model parallelism, DeepSpeed ZeRO stage 3) are out of scope: each rank's share of the prompts
+would need every rank in lockstep at every generated token. The callback then warns once (one line) at setup and
+does nothing; evaluate a saved checkpoint instead (``lm-suite export`` then ``lm-suite ifeval``).
 
 YAML::
 
@@ -33,7 +34,7 @@ from typing import Any
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
 from callbacks.throughput import not_timed
@@ -108,6 +109,7 @@ class IFEvalCallback(Callback):
         self.history: list[dict[str, Any]] = []
         self.last_result: EvalResult | None = None
         self._last_step = -1
+        self.skipped: str | None = None
 
     # ------------------------------------------------------------------------------------------------ hooks
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -118,7 +120,10 @@ class IFEvalCallback(Callback):
         """
         if stage != "fit":
             return
-        check_strategy(trainer.strategy)
+        self.skipped = sharded_reason(trainer.strategy)
+        if self.skipped:
+            rank_zero_warn(f"IFEvalCallback: {self.skipped}; skipped (evaluate a saved checkpoint instead)")
+            return
         self._model_and_tokenizer(trainer, pl_module)
         records = read_prompts(self.prompts)
         self.records = records[: self.limit] if self.limit is not None else records
@@ -130,6 +135,8 @@ class IFEvalCallback(Callback):
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         step = trainer.global_step
+        if self.skipped:
+            return
         if self.every_n_steps and step != self._last_step and step % self.every_n_steps == 0:
             result = self.evaluate(trainer, pl_module)
             for k in METRIC_KEYS:  # into callback_metrics (checkpoint monitors), not again into the loggers
@@ -137,7 +144,7 @@ class IFEvalCallback(Callback):
                               rank_zero_only=False, sync_dist=False)
 
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.on_fit_end and trainer.global_step != self._last_step:
+        if self.on_fit_end and not self.skipped and trainer.global_step != self._last_step:
             self.evaluate(trainer, pl_module, fit_end=True)
 
     # ------------------------------------------------------------------------------------------- evaluation
@@ -207,15 +214,14 @@ class IFEvalCallback(Callback):
         return model, tok
 
 
-def check_strategy(strategy: Any) -> None:
-    """Refuse strategies whose weights are sharded across ranks (generation needs each rank's full copy)."""
+def sharded_reason(strategy: Any) -> str | None:
+    """Why ``strategy`` keeps the callback from generating (weights sharded across ranks), or None."""
     name = type(strategy).__name__
     if isinstance(strategy, (FSDPStrategy, ModelParallelStrategy)):
-        raise ConfigError(f"IFEvalCallback does not support {name} (sharded weights); evaluate a saved "
-                          "checkpoint instead, or train with DDP / DeepSpeed ZeRO 1-2")
+        return f"{name} shards the weights across ranks"
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
-        raise ConfigError("IFEvalCallback does not support DeepSpeed ZeRO stage 3 (sharded weights); evaluate a "
-                          "saved checkpoint instead, or use ZeRO stage 1-2")
+        return "DeepSpeed ZeRO stage 3 shards the weights across ranks"
+    return None
 
 
 def _gather(trainer: Trainer, local: list[tuple[int, EvalRow]]) -> list[tuple[int, EvalRow]]:

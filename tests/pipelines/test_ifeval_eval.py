@@ -23,7 +23,7 @@ from core.generation import HFGenerator
 from core.io import jsonl_text
 from datamodules.preference import PreferenceDataModule
 from lightning_modules.dpo.module import DPO
-from pipelines.instruction_following.callback import IFEvalCallback, check_strategy
+from pipelines.instruction_following.callback import IFEvalCallback, sharded_reason
 from pipelines.instruction_following.evaluation import (
     EvalResult,
     evaluate_policy,
@@ -238,9 +238,12 @@ def test_bad_prompts_file_fails_before_training(tmp_path: Path) -> None:
     assert probe.steps_started == 0
 
 
-def test_sharded_strategies_and_bad_arguments_are_refused() -> None:
-    with pytest.raises(ConfigError, match="FSDPStrategy"):
-        check_strategy(FSDPStrategy())
+def test_sharded_strategies_are_skipped_and_bad_arguments_refused() -> None:
+    from core.strategies import FSDP2Strategy
+
+    assert sharded_reason(FSDPStrategy()) == "FSDPStrategy shards the weights across ranks"
+    assert sharded_reason(FSDP2Strategy()) == "FSDP2Strategy shards the weights across ranks"
+    assert sharded_reason(DDPStrategy()) is None
     with pytest.raises(ConfigError, match="every_n_steps"):
         IFEvalCallback(prompts="x.jsonl", every_n_steps=-1)
     with pytest.raises(ConfigError, match="limit"):

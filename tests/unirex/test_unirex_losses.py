@@ -112,6 +112,33 @@ def test_plausibility_bce_with_batch_positive_weight_by_hand():
     assert none.item() == 0.0 and torch.equal(leaf.grad, torch.zeros_like(leaf))
 
 
+
+def test_plausibility_split_over_processes_averages_to_the_whole_batch():
+    """Data parallel: each process holds some rows (here unequal numbers of tokens and positives); with the counts
+    summed over processes, the mean of the per-process losses and of their gradients is the whole batch's."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, generator=g)
+    gold = torch.tensor([[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0]]).float()
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 0, 0]]).bool()
+    whole_leaf = logits.clone().requires_grad_(True)
+    whole, m = plausibility_loss(whole_leaf, gold, mask)
+    whole.backward()
+    parts = [slice(0, 1), slice(1, 4)]
+    total = sum(torch.stack([mask[p].sum(), (gold[p].bool() & mask[p]).sum()]) for p in parts)
+    leaf = logits.clone().requires_grad_(True)
+    losses = []
+    for p in parts:
+        loss, mp = plausibility_loss(leaf[p], gold[p], mask[p], sum_over_processes=lambda _: total, processes=2)
+        assert mp["plaus_pos_weight"].item() == pytest.approx(m["plaus_pos_weight"].item())
+        losses.append(loss)
+    mean = torch.stack(losses).mean()
+    mean.backward()
+    assert mean.item() == pytest.approx(whole.item(), rel=1e-6)
+    torch.testing.assert_close(leaf.grad, whole_leaf.grad)
+    alone, _ = plausibility_loss(logits[parts[0]], gold[parts[0]], mask[parts[0]])  # per-process counts: not it
+    assert (alone.item() + plausibility_loss(logits[parts[1]], gold[parts[1]], mask[parts[1]])[0].item()) / 2 \
+        != pytest.approx(whole.item(), rel=1e-3)
+
 def test_per_example_nll_over_leading_dims():
     logits = torch.randn(3, 4, 5)
     labels = torch.tensor([0, 4, 2, 1])
