@@ -162,6 +162,8 @@ class FSDP2Strategy(ModelParallelStrategy):
 
         self._replicated = [p for p in self.lightning_module.parameters() if not isinstance(p, DTensor)]
         self.precision_plugin.clip_grad_by_norm = self.clip_grad_by_norm  # sharded and replicated gradients
+        for opt in self.optimizers:
+            step_mixed_groups_per_tensor(opt)
         if self.world_size > 1:
             with torch.no_grad():
                 for p in self._replicated:  # every rank starts from rank 0's copy, as DDP does
@@ -277,6 +279,19 @@ class FSDP2Strategy(ModelParallelStrategy):
         from lightning.fabric.utilities.load import _METADATA_FILENAME
 
         return torch.load(path / _METADATA_FILENAME, map_location="cpu", weights_only=True)
+
+
+def step_mixed_groups_per_tensor(optimizer: torch.optim.Optimizer) -> None:
+    """The multi-tensor (``foreach``, ``fused``) kernels of torch's optimizers cannot take sharded DTensors and plain
+    tensors in one call, which a parameter group holding both (a network's matrices and a replicated head's) makes
+    them do on a GPU: such groups step one tensor at a time. Groups of one kind keep their kernels."""
+    from torch.distributed.tensor import DTensor
+
+    for group in optimizer.param_groups:
+        if len({isinstance(p, DTensor) for p in group["params"]}) > 1:
+            group["foreach"] = False
+            if group.get("fused"):
+                group["fused"] = False
 
 
 def keep_output_capture(net: nn.Module) -> None:

@@ -90,3 +90,45 @@ def test_a_folder_that_is_no_distributed_checkpoint_is_one_line(tmp_path: Path) 
     (tmp_path / "ck" / ".metadata").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="cannot read .*ck as a distributed checkpoint"):
         read_checkpoint(tmp_path / "ck")
+
+
+def test_groups_mixing_shards_and_whole_tensors_step_one_tensor_at_a_time(tmp_path: Path) -> None:
+    """On a GPU torch's AdamW defaults to its multi-tensor kernels, which refuse a group holding both a sharded
+    DTensor and a plain tensor (seen on an H200 for every objective with a replicated head). Forcing those kernels
+    reproduces that on the CPU; after :func:`step_mixed_groups_per_tensor` the step runs and equals plain AdamW."""
+    import torch
+    import torch.distributed as dist
+    from torch import nn
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    from core.strategies import step_mixed_groups_per_tensor
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        body, head = nn.Linear(4, 4), nn.Linear(4, 2)
+        ref_body, ref_head = nn.Linear(4, 4), nn.Linear(4, 2)
+        ref_body.load_state_dict(body.state_dict())
+        ref_head.load_state_dict(head.state_dict())
+        fully_shard(body, mesh=init_device_mesh("cpu", (1,)))
+        x = torch.randn(3, 4)
+
+        def step(opt: torch.optim.Optimizer, b: nn.Module, h: nn.Module) -> None:
+            h(b(x)).square().sum().backward()
+            opt.step()
+
+        failing = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=0.1, foreach=True)
+        with pytest.raises(RuntimeError, match="mixed torch.Tensor and DTensor"):
+            step(failing, body, head)  # fails before any parameter moves
+        failing.zero_grad()
+        mixed = torch.optim.AdamW([*body.parameters(), *head.parameters()], lr=0.1, foreach=True)
+        step_mixed_groups_per_tensor(mixed)
+        assert mixed.param_groups[0]["foreach"] is False
+        step(mixed, body, head)
+        plain = torch.optim.AdamW([*ref_body.parameters(), *ref_head.parameters()], lr=0.1)
+        step(plain, ref_body, ref_head)
+        torch.testing.assert_close(head.weight, ref_head.weight)
+        torch.testing.assert_close(body.weight.full_tensor(), ref_body.weight)
+    finally:
+        dist.destroy_process_group()
