@@ -359,14 +359,27 @@ class Shardable:
             strategy.shard(self, self.unregistered_networks())
 
 
+def unsupported(strategy: str) -> ConfigError:
+    return ConfigError(f"{strategy} is not supported by this suite (never verified with its objectives); shard with "
+                       f"FSDP2: --config {PRESET}")
+
+
+def check_strategy_name(value: Any) -> None:
+    """Refuse, from the parsed config alone, a DeepSpeed or FSDP1 strategy (a registry name such as ``fsdp`` or
+    ``deepspeed_stage_2``, or a ``class_path``), before Lightning builds it or any model is built."""
+    name = value if isinstance(value, str) else getattr(value, "class_path", None) or ""
+    short = name.rsplit(".", 1)[-1]
+    if short.startswith(("deepspeed", "DeepSpeed")) or short in ("fsdp", "fsdp_cpu_offload", "FSDPStrategy"):
+        raise unsupported(short)
+
+
 def check_sharding(module: Any, strategy: Any) -> None:
     """One-line refusal, before any work, of a sharded strategy the suite cannot run ``module`` under."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
     name = type(module).__name__
     if isinstance(strategy, DeepSpeedStrategy | FSDPStrategy):
-        raise ConfigError(f"{type(strategy).__name__} is not supported by this suite (never verified with its "
-                          f"objectives); shard with FSDP2: --config {PRESET}")
+        raise unsupported(type(strategy).__name__)
     if isinstance(strategy, ModelParallelStrategy):
         if not isinstance(strategy, FSDP2Strategy):
             raise ConfigError(f"{type(strategy).__name__}: the suite shards through core.strategies.FSDP2Strategy "

@@ -34,7 +34,7 @@ from core.checkpointing import REMOTE_CODE, AtomicCheckpointIO, check_remote_cod
 from core.errors import ConfigError, DataError
 from core.io import writable_folder
 from core.legacy import new_home
-from core.strategies import check_sharding
+from core.strategies import check_sharding, check_strategy_name
 
 _UNKNOWN_KEY = re.compile(r"(?:(?:Option|Key) '([^']+)' is not (?:accepted|expected)|does not accept option '([^']+)')")
 
@@ -100,10 +100,12 @@ class SuiteCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """The run's output folder (``--trainer.default_root_dir``, else the working folder) must be writable: one
-        line before any model or data is built, not an OS traceback at the first log or checkpoint."""
+        """The run's output folder (``--trainer.default_root_dir``, else the working folder) must be writable, and the
+        strategy one the suite runs (no DeepSpeed or FSDP1): one line each before any model or data is built, not a
+        traceback at the first log or checkpoint."""
         subcommand = self.config.get("subcommand")
         trainer = (self.config[subcommand] if subcommand else self.config).get("trainer") or {}
+        check_strategy_name(trainer.get("strategy"))
         writable_folder(trainer.get("default_root_dir") or os.getcwd())
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
