@@ -91,25 +91,32 @@ def read_checkpoint(path: str | Path, tensors: bool = True) -> dict[str, Any]:
 DISTRIBUTED_META = "meta.pt"
 
 
-def _read_distributed(path: Path, tensors: bool) -> dict[str, Any]:
+def read_distributed_state(path: str | Path, keys: set[str] | None = None) -> dict[str, Any]:
+    """The tensors of the distributed-checkpoint folder ``path`` (``state_dict``, ``optimizer_0``...; ``keys``: only
+    those), read whole on this one process: nested dicts as saved."""
     import warnings
 
-    import torch
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    state: dict[str, Any] = {}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        _load_state_dict(state, storage_reader=FileSystemReader(str(path)), planner=_EmptyStateDictLoadPlanner(keys),
+                         no_dist=True)
+    return state
+
+
+def _read_distributed(path: Path, tensors: bool) -> dict[str, Any]:
+    import torch
 
     if not (path / DISTRIBUTED_META).is_file() or not (path / ".metadata").is_file():
         raise ConfigError(f"{path} is a folder but no distributed checkpoint (no {DISTRIBUTED_META} and .metadata)")
     try:
         checkpoint = torch.load(path / DISTRIBUTED_META, map_location="cpu", weights_only=True)
         if tensors:
-            state: dict[str, Any] = {}
-            with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-                warnings.simplefilter("ignore", UserWarning)
-                _load_state_dict(state, storage_reader=FileSystemReader(str(path)),
-                                 planner=_EmptyStateDictLoadPlanner(keys={"state_dict"}), no_dist=True)
-            checkpoint["state_dict"] = state["state_dict"]
+            checkpoint["state_dict"] = read_distributed_state(path, {"state_dict"})["state_dict"]
     except Exception as err:
         raise ConfigError(f"cannot read {path} as a distributed checkpoint: {first_line(err)}") from None
     return checkpoint

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from types import MethodType
 from typing import Any, Literal
@@ -133,7 +134,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         super().setup_environment()
 
     # ------------------------------------------------------------------------------------------- sharding
-    def shard(self, module: nn.Module, extra: list[nn.Module] = ()) -> None:  # type: ignore[assignment]
+    def shard(self, module: nn.Module, extra: Sequence[nn.Module] = ()) -> None:
         """Shard every transformer network of ``module`` (and ``extra`` networks held outside it); called from
         the module's ``configure_model``. Idempotent: a network already sharded is left as it is."""
         from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method

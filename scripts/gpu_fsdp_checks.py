@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 import torch  # noqa: E402
-from module_cases import CASES, case_args  # noqa: E402
+from module_cases import CASES, case_args, flat  # noqa: E402
+
+from core.checkpointing import read_distributed_state  # noqa: E402
 
 MODES = {"dpo_lora": ("dpo", ["--model.lora_r", "8"]), "dpo_precomputed": ("dpo", ["--model.reference", "precomputed"])}
 NAMES = [*(n for n in CASES if n != "downstream"), *MODES]
@@ -42,25 +44,8 @@ def run(cmd: list[str], log: Path) -> tuple[int, float]:
     return rc, time.perf_counter() - start
 
 
-def full_state(folder: Path) -> dict[str, Any]:
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
-    return state
-
-
-def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): tree}
-
-
 def max_diff(a: Path, b: Path) -> float:
-    x, y = flat(full_state(a)), flat(full_state(b))
+    x, y = flat(read_distributed_state(a)), flat(read_distributed_state(b))
     if x.keys() != y.keys():
         return float("inf")
     return max((float((x[k].float() - y[k].float()).abs().max()) for k in x

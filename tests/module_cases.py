@@ -4,6 +4,7 @@ cases the resume tests (``tests/adversarial/test_resume.py``) and the sharded te
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -85,3 +86,12 @@ def case_args(name: str, tmp_path: Path) -> list[str]:
         teacher.export(tmp_path / "teacher")
         args += ["--model.teacher", str(tmp_path / "teacher"), "--model.cache_dir", str(tmp_path / "cache")]
     return args
+
+
+def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested checkpoint (dicts, lists) as ``{"a.b.0.c": leaf}``: to compare two checkpoints entry by entry."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+    if isinstance(tree, list | tuple):
+        return {k: v for i, sub in enumerate(tree) for k, v in flat(sub, f"{prefix}{i}.").items()}
+    return {prefix.rstrip("."): tree}

@@ -6,7 +6,7 @@ Following Evaluation for Large Language Models"): prompt-level and instruction-l
 (:mod:`pipelines.instruction_following.evaluation`). Logged as ``ifeval/prompt_strict``,
 ``ifeval/instruction_strict``, ``ifeval/prompt_loose``, ``ifeval/instruction_loose`` (and ``ifeval/failures``).
 
-Under data parallelism (DDP, DeepSpeed ZeRO 1/2) each rank answers its own shard of the prompts
+Under data parallelism (DDP) each rank answers its own shard of the prompts
 (``prompts[rank::world_size]``) with its full copy of the weights; the scored rows are gathered
 (``torch.distributed.all_gather_object``) so that every rank computes the same accuracies over all prompts.
 Sharded weights (FSDP2, model parallelism, DeepSpeed ZeRO stage 3) are out of scope: each rank's share of the prompts
@@ -52,7 +52,7 @@ class IFEvalCallback(Callback):
     The model is ``pl_module.policy`` (else ``pl_module.model``), the tokenizer ``pl_module.tokenizer`` (else the
     datamodule's). Generation runs under ``torch.no_grad()`` with the model in eval mode; the train/eval mode of
     every submodule and the tokenizer's ``padding_side`` (generation pads on the left) are restored afterwards.
-    FSDP, model-parallel and DeepSpeed ZeRO stage 3 runs are refused at setup (:class:`ConfigError`).
+    Under sharded weights (FSDP2, model parallelism, DeepSpeed ZeRO stage 3) it warns once at setup and is skipped.
 
     Args:
         prompts: IFEval-format JSONL of held-out prompts (``key, prompt, instruction_id_list, kwargs``); read and

@@ -21,17 +21,17 @@ import csv
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
-from module_cases import CASES, ROOT, case_args
+from module_cases import CASES, ROOT, case_args, flat
 from safetensors.torch import load_file
 
-from core.checkpointing import read_checkpoint
+from core.checkpointing import read_checkpoint, read_distributed_state
 from core.io import jsonl_text
 from lightning_modules.prefix.module import ENCODER
 from pipelines.instruction_following.synth import synthesize
@@ -85,14 +85,24 @@ def logger(folder: Path) -> str:
 
 
 def sharded_fit(args: list[str], root: Path, *extra: str, more: list[dict] = ()) -> subprocess.CompletedProcess:
-    """``train.py fit`` on two processes with the FSDP2 CPU preset; every step checkpointed under ``root/ck``."""
+    """``train.py fit`` on two processes with the FSDP2 CPU preset; every step checkpointed under ``root/ck``.
+
+    Both ranks are started at once, as ``torchrun`` does (``LOCAL_RANK`` set: Lightning launches nothing itself), so
+    they import and build in parallel. Returns rank 0's process."""
     cmd = [sys.executable, str(LAUNCH), "fit", *args, "--config", str(ROOT / "configs/trainer/fsdp_cpu.yaml"), *RUN,
            "--trainer.default_root_dir", str(root), "--trainer.logger", logger(root),
            "--trainer.callbacks", callbacks(root / "ck", *more), *extra]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "WORLD_SIZE": "2", "NODE_RANK": "0"}
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "LOCAL_RANK": str(r), "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-4000:]
+    return subprocess.CompletedProcess(cmd, 0, *outs[0])
 
 
 def losses(root: Path) -> dict[int, float]:
@@ -103,26 +113,6 @@ def losses(root: Path) -> dict[int, float]:
 def metric(root: Path, name: str) -> list[float]:
     rows = csv.DictReader(next(root.rglob("metrics.csv")).open())
     return [float(r[name]) for r in rows if r.get(name)]
-
-
-def full_state(folder: Path) -> dict[str, Any]:
-    """Everything a distributed checkpoint folder holds (weights and optimizer states), read on one process."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
-
-    state: dict[str, Any] = {}
-    _load_state_dict(state, storage_reader=FileSystemReader(str(folder)), planner=_EmptyStateDictLoadPlanner(),
-                     no_dist=True)
-    return state
-
-
-def flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
-    if isinstance(tree, list | tuple):
-        return {k: v for i, sub in enumerate(tree) for k, v in flat(sub, f"{prefix}{i}.").items()}
-    return {prefix.rstrip("."): tree}
 
 
 @pytest.mark.parametrize("name", SHARDED)
@@ -189,7 +179,8 @@ def test_sharded_training_matches_one_process_and_resumes_exactly(name: str, tmp
     # Resume from step 2: weights and optimizer state equal the uninterrupted run's exactly.
     resume_cache = ["--model.reference_cache_dir", str(tmp_path / "cache_resume")] if cache else []
     sharded_fit(args + resume_cache, tmp_path / "resumed", "--ckpt_path", str(ck / f"step={STOP}.ckpt"))
-    a, b = flat(full_state(final)), flat(full_state(tmp_path / "resumed" / "ck" / f"step={STEPS}.ckpt"))
+    resumed = tmp_path / "resumed" / "ck" / f"step={STEPS}.ckpt"
+    a, b = flat(read_distributed_state(final)), flat(read_distributed_state(resumed))
     assert a.keys() == b.keys()
     differ = [k for k in a if isinstance(a[k], torch.Tensor) and not torch.equal(a[k], b[k])
               or not isinstance(a[k], torch.Tensor) and a[k] != b[k]]
