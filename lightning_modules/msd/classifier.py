@@ -46,7 +46,7 @@ from core.heads import check_first_token_pooling, pool
 from core.io import atomic_path
 from core.losses import task_loss
 from core.optim import OptimSpec, configure_adamw
-from core.strategies import Shardable
+from core.strategies import Shardable, whole_model_on_each_rank
 
 Fusion = Literal["concat", "cross_attention"]
 Pooling = Literal["cls", "mean"]
@@ -398,15 +398,9 @@ class MultimodalClassifier(Shardable, LightningModule):
         each rank normalising its own rows. Runs after :meth:`setup`, which builds the network."""
         super().configure_model()
         trainer = getattr(self, "_trainer", None)
-        if self.net is not None and trainer is not None and self._sharded(trainer.strategy) \
+        if self.net is not None and trainer is not None and not whole_model_on_each_rank(trainer.strategy) \
                 and trainer.world_size > 1:
             globalise_batch_norm(self.net.image)
-
-    @staticmethod
-    def _sharded(strategy: Any) -> bool:
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        return isinstance(strategy, ModelParallelStrategy)
 
     def _record_label_names(self, dm: Any) -> None:
         names = getattr(dm, "label_names", None)
